@@ -1,0 +1,36 @@
+# Render farm for AI-made episodic video. `make` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXAMPLE := examples/lighthouse/storyboard_ep_001.json
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint demo clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required" if sys.version_info < (3, 11) else 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed ## Create .venv and install the farm with its dev tools
+
+test: setup ## Run the test suite
+	$(BIN)/pytest
+
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: setup ## Validate, plan and estimate the example episode
+	$(BIN)/farm validate $(EXAMPLE)
+	$(BIN)/farm plan $(EXAMPLE)
+	$(BIN)/farm estimate $(EXAMPLE)
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
