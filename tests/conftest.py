@@ -16,6 +16,18 @@ SHARED_SAMPLE = ROOT.parent / "shared" / "episodes" / "leviathan" / "storyboard_
 
 Doc = dict[str, Any]
 
+SAMPLE_TOTALS = {
+    "t2i": 8,
+    "img2img": 9,
+    "upscale": 19,
+    "split": 2,
+    "video": 9,
+    "ken_burns": 2,
+    "hold": 1,
+    "concat": 3,
+}
+"""Steps per kind the issue specifies for the studio's sample episode (53 in all)."""
+
 
 def load_doc(path: Path) -> Doc:
     doc: Doc = json.loads(path.read_text("utf-8"))

@@ -20,20 +20,11 @@ from farm.estimate import estimate
 from farm.plan import Plan, StepKind, build_plan
 from farm.plan_json import plan_document
 from farm.validate import load_episode
+from tests.conftest import SAMPLE_TOTALS
 
 Doc = dict[str, Any]
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
-TOTALS = {
-    "t2i": 8,
-    "img2img": 9,
-    "upscale": 19,
-    "split": 2,
-    "video": 9,
-    "ken_burns": 2,
-    "hold": 1,
-    "concat": 3,
-}
 STEP_KEYS = {"id", "kind", "shot", "role", "engine", "inputs", "asset_name", "cost_usd", "latency_s"}
 
 
@@ -132,7 +123,7 @@ def test_cost_by_shot_and_kind_add_up(sample_plan: Plan) -> None:
     assert sum(est.cost_by_kind.values(), Decimal(0)) == est.cost_usd
     assert est.cost_by_shot[None] == 0
     assert est.cost_by_shot[7] == Decimal("0.005") + Decimal("0.009") + 2 * Decimal("0.001") + Decimal("0.15")
-    assert est.steps_by_kind == TOTALS
+    assert est.steps_by_kind == SAMPLE_TOTALS
 
 
 def test_paid_calls_per_endpoint(sample_plan: Plan) -> None:
@@ -219,7 +210,7 @@ def test_plan_json_contract(sample_path: Path, sample_plan: Plan) -> None:
     assert len(no_shot) == 1
     assert no_shot[0]["kind"] == "concat" and no_shot[0]["role"] == "episode"
     assert doc["steps"][-1] == no_shot[0]
-    assert doc["totals"] == TOTALS
+    assert doc["totals"] == SAMPLE_TOTALS
     assert doc["cost_usd"] == pytest.approx(1.557)
     assert doc["critical_path_s"] == pytest.approx(172.0)
     assert doc["sequential_s"] == pytest.approx(1087.0)

@@ -14,6 +14,7 @@ from farm.engines import CARDS
 from farm.plan import DEFAULT_HELD_S, HERO_TO_FRAME_STRENGTH, Plan, Step, StepKind, build_plan
 from farm.prompts import compile_image_prompt
 from farm.validate import load_episode
+from tests.conftest import SAMPLE_TOTALS
 
 Doc = dict[str, Any]
 WriteEpisode = Callable[..., Path]
@@ -86,16 +87,7 @@ def sample_plan(sample_path: Path) -> Plan:
 
 def test_sample_plan_step_counts(sample_plan: Plan) -> None:
     assert len(sample_plan.steps) == 53
-    assert Counter(s.kind.value for s in sample_plan.steps) == {
-        "t2i": 8,
-        "img2img": 9,
-        "upscale": 19,
-        "split": 2,
-        "video": 9,
-        "ken_burns": 2,
-        "hold": 1,
-        "concat": 3,
-    }
+    assert Counter(s.kind.value for s in sample_plan.steps) == SAMPLE_TOTALS
 
 
 def test_sample_steps_are_in_dependency_order(sample_plan: Plan) -> None:
