@@ -27,10 +27,9 @@ lint: setup ## ruff + mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-demo: setup ## Validate, plan and estimate the example episode
-	$(BIN)/farm validate $(EXAMPLE)
-	$(BIN)/farm plan $(EXAMPLE)
+demo: setup ## Render the example episode end to end on the embedded engine
 	$(BIN)/farm estimate $(EXAMPLE)
+	$(BIN)/farm render $(EXAMPLE)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

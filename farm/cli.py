@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
+from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from farm import dispatch
+from farm.artifacts import namespace_for
+from farm.dispatch import Sender
 from farm.estimate import estimate as estimate_plan
 from farm.plan import Plan, build_plan
 from farm.plan_json import money, plan_document
 from farm.problems import InputError
+from farm.progress import RunProgress, snapshot
+from farm.redis_server import is_up
+from farm.routing import QUEUES
+from farm.run_views import print_status, watch
+from farm.settings import Settings, load_settings
+from farm.state import RunStore
+from farm.supervisor import Farm, free_port, start_farm, stop_farm, worker_command
 from farm.validate import Episode, load_episode
-from farm.views import estimate_view, plan_view, validation_summary
+from farm.views import duration, estimate_view, plan_view, validation_summary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -97,6 +115,196 @@ def estimate(storyboard: StoryboardArg, registry: RegistryOpt = None, as_json: J
         return
     estimate_view(console, the_plan, est)
     console.print(f"[bold]Total: {money(est.cost_usd):.4f} USD[/]")
+
+
+# running episodes -------------------------------------------------------------------------------
+
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Deliverables folder [default: FARM_OUTPUT or ./renders].")
+]
+RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
+FAILED = 1
+
+
+def _runtime(settings: Settings) -> tuple[RunStore, Sender]:
+    """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
+    from tasks.app import broker_url, make_app
+    from tasks.sender import CelerySender
+
+    url = broker_url(settings)
+    if not is_up(url):
+        print(
+            f"no farm answers at {_safe_url(url)}: start one with `farm up` (or set FARM_REDIS_URL)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(FAILED)
+    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url))
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if sep else url
+
+
+def _require_run(runs: RunStore, run_id: str) -> None:
+    if not runs.exists(run_id):
+        print(f"no run {run_id!r}; `farm runs` lists them", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)
+
+
+def _submit(
+    settings: Settings, storyboard: Path, registry: Path | None, out: Path | None
+) -> tuple[RunStore, str]:
+    _, the_plan = _load(storyboard, registry)
+    runs, sender = _runtime(settings)
+    run_id = dispatch.submit(
+        runs,
+        sender,
+        the_plan,
+        backend=settings.engine,
+        namespace=namespace_for(settings.engine),
+        output=out or settings.output,
+        storyboard=str(storyboard.resolve()),
+    )
+    return runs, run_id
+
+
+def _watch_to_end(runs: RunStore, run_id: str) -> RunProgress:
+    final = watch(console, lambda: snapshot(runs, run_id))
+    print_status(console, final)
+    return final
+
+
+@app.command()
+def submit(
+    storyboard: StoryboardArg,
+    registry: RegistryOpt = None,
+    out: OutOpt = None,
+    watch_run: Annotated[bool, typer.Option("--watch", help="Show progress until the run ends.")] = False,
+) -> None:
+    """Validate, plan and enqueue an episode on a running farm; print the run id."""
+    runs, run_id = _submit(load_settings(), storyboard, registry, out)
+    print(run_id)
+    if watch_run and _watch_to_end(runs, run_id).status != "succeeded":
+        raise typer.Exit(FAILED)
+
+
+@app.command()
+def status(run_id: RunArg) -> None:
+    """One row per shot: approach, steps done, state, elapsed, cost; totals and failures."""
+    runs, _ = _runtime(load_settings())
+    _require_run(runs, run_id)
+    print_status(console, snapshot(runs, run_id))
+
+
+@app.command("watch")
+def watch_command(run_id: RunArg) -> None:
+    """Live progress bars until the run ends; exit 0 only if it succeeded."""
+    runs, _ = _runtime(load_settings())
+    _require_run(runs, run_id)
+    if _watch_to_end(runs, run_id).status != "succeeded":
+        raise typer.Exit(FAILED)
+
+
+@app.command()
+def cancel(run_id: RunArg) -> None:
+    """Stop releasing steps and revoke queued ones; running steps finish and are kept."""
+    runs, sender = _runtime(load_settings())
+    _require_run(runs, run_id)
+    dispatch.cancel(runs, sender, run_id)
+    print(f"{run_id}: {runs.meta(run_id).get('status')}")
+
+
+@app.command("runs")
+def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+    """The most recent runs with their status."""
+    runs, _ = _runtime(load_settings())
+    table = Table(box=None)
+    for column in ("run", "status", "episode", "steps", "elapsed"):
+        table.add_column(column)
+    for run_id in runs.runs(limit):
+        progress = snapshot(runs, run_id)
+        table.add_row(
+            run_id,
+            progress.status,
+            escape(progress.title),
+            f"{progress.done}/{progress.total}",
+            duration(progress.elapsed_s),
+        )
+    console.print(table)
+
+
+@app.command()
+def up(flower: Annotated[bool, typer.Option(help="Also start Flower on 127.0.0.1.")] = True) -> None:
+    """Start Redis (unless FARM_REDIS_URL), one worker per queue and Flower; Ctrl-C stops them warmly."""
+    settings = load_settings()
+    farm = start_farm(settings, flower=flower)
+    _announce(farm)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        console.print("stopping: workers finish their current step first...")
+        stop_farm(farm)
+        console.print("farm stopped")
+
+
+@app.command()
+def worker(queue: Annotated[str, typer.Option("--queue", "-q", help=f"One of {', '.join(QUEUES)}.")]) -> None:
+    """Run one worker pool in the foreground (e.g. on another machine, with FARM_REDIS_URL set)."""
+    if queue not in QUEUES:
+        print(f"unknown queue {queue!r}; queues: {', '.join(QUEUES)}", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)
+    settings = load_settings()
+    command = worker_command(queue, settings, f"{queue}.{os.getpid()}@%h")
+    os.execv(command[0], command)
+
+
+@app.command()
+def render(storyboard: StoryboardArg, registry: RegistryOpt = None, out: OutOpt = None) -> None:
+    """Render an episode start to finish on a private embedded farm, then shut it down."""
+    _load(storyboard, registry)  # bad input: problems listed, exit 2, nothing started
+    base = load_settings()
+    with tempfile.TemporaryDirectory(prefix="farm-render-") as private:
+        settings = base.model_copy(update={"redis_url": None, "flower_port": free_port()})
+        farm = start_farm(settings, redis_port=free_port(), private_dir=Path(private))
+        try:
+            _announce(farm)
+            private_settings = base.model_copy(update={"redis_url": SecretStr(farm.broker_url)})
+            runs, run_id = _submit(private_settings, storyboard, registry, out)
+            console.print(f"run {run_id}")
+            final = _watch_to_end(runs, run_id)
+            folder = Path(runs.meta(run_id)["output_dir"])
+            episode_step = next(s for s in runs.steps(run_id).values() if s.shot is None)
+        finally:
+            stop_farm(farm)
+    if final.status != "succeeded":
+        raise typer.Exit(FAILED)
+    print(f"episode: {folder / episode_step.asset_name}")
+    print(f"manifest: {folder / 'manifest.json'}")
+
+
+def _announce(farm: Farm) -> None:
+    console.print(f"broker  {_safe_url(farm.broker_url)}" + ("  (own redis-server)" if farm.redis else ""))
+    console.print(
+        f"workers {', '.join(f'{q} (pid {p.pid})' for q, p in farm.workers.items())}; logs in {farm.log_dir}"
+    )
+    access = farm.flower_access
+    if access is not None:
+        secret = (
+            access.password
+            if access.generated
+            else f"see FARM_FLOWER_PASSWORD or {farm.settings.home}/flower.json"
+        )
+        console.print(f"flower  {access.url}  user {access.user}  password {secret}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def load_doc(path: Path) -> Doc:
     return doc
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sample_path() -> Path:
     if not SHARED_SAMPLE.exists():
         pytest.skip("../shared sample episode not present")

@@ -1,0 +1,118 @@
+"""manifest.json: every step of a run, reproducible from this file alone (prompt, seed, parameters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from farm.artifacts import manifest_key, output_keys
+from farm.plan import Step
+from farm.plan_json import money
+from farm.routing import backend_for
+from farm.state import RunStore
+from farm.storage import ArtifactStore
+
+MANIFEST_FORMAT = 1
+
+
+def build_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> dict[str, Any]:
+    meta = runs.meta(run_id)
+    steps = runs.steps(run_id)
+    states = runs.states(run_id)
+    info = runs.info(run_id)
+    deliveries = runs.deliveries(run_id)
+    rows = [
+        _step_row(s, states.get(s.id, ""), info.get(s.id, {}), deliveries.get(s.id, 0), meta, store)
+        for s in steps.values()
+    ]
+    estimated = sum((s.cost_usd for s in steps.values()), Decimal(0))
+    actual = sum(
+        (Decimal(str(info.get(s.id, {}).get("actual_cost_usd", "0"))) for s in steps.values()), Decimal(0)
+    )
+    return {
+        "format": MANIFEST_FORMAT,
+        "run": run_id,
+        "status": meta.get("status"),
+        "project": meta.get("project"),
+        "project_name": meta.get("project_name"),
+        "episode": int(meta.get("episode", "0")),
+        "title": meta.get("title"),
+        "storyboard": meta.get("storyboard"),
+        "backend": meta.get("backend"),
+        "created_at": _float(meta.get("created_at")),
+        "finished_at": _float(meta.get("finished_at")),
+        "cost_usd": {"estimated": money(estimated), "actual": money(actual)},
+        "steps": rows,
+    }
+
+
+def write_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> Path:
+    """Write manifest.json beside the deliverables (atomically) and keep a copy in the artifact store."""
+    doc = build_manifest(runs, store, run_id)
+    meta = runs.meta(run_id)
+    folder = Path(meta["output_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "manifest.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle, indent=2, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    store.put_file(manifest_key(meta["namespace"], run_id), target)
+    return target
+
+
+def _step_row(
+    step: Step, state: str, info: dict[str, Any], delivered: int, meta: dict[str, str], store: ArtifactStore
+) -> dict[str, Any]:
+    started, finished = info.get("started_at"), info.get("finished_at")
+    return {
+        "id": step.id,
+        "kind": step.kind.value,
+        "shot": step.shot,
+        "role": step.role,
+        "engine": step.engine,
+        "backend": backend_for(step.kind, meta.get("backend", "local")),
+        "endpoint": step.endpoint,
+        "queue": info.get("queue"),
+        "prompt": step.params.get("prompt"),
+        "seed": step.params.get("seed"),
+        "params": step.params,
+        "inputs": list(step.inputs),
+        "outputs": [
+            {"asset_name": name, "path": path, "store": store.locate(key)}
+            for name, path, key in zip(
+                step.outputs, _paths(info, step), output_keys(meta["namespace"], step), strict=True
+            )
+        ],
+        "state": state,
+        "cached": bool(info.get("cached", False)),
+        "deliveries": delivered,
+        "worker": info.get("worker"),
+        "timings": {
+            "queued_at": info.get("queued_at"),
+            "started_at": started,
+            "finished_at": finished,
+            "seconds": round(finished - started, 3) if started and finished else None,
+        },
+        "cost_usd": {
+            "estimated": money(step.cost_usd),
+            "actual": money(Decimal(info["actual_cost_usd"])) if "actual_cost_usd" in info else None,
+        },
+        "error": info.get("error"),
+        "notes": list(step.notes),
+    }
+
+
+def _paths(info: dict[str, Any], step: Step) -> list[str | None]:
+    paths: list[str | None] = list(info.get("outputs", []))
+    return paths + [None] * (len(step.outputs) - len(paths))
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None

@@ -1,0 +1,133 @@
+"""A point-in-time picture of a run for `farm status` and `farm watch`: per shot and in total."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from farm.plan import Step
+from farm.state import RunStore
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+DONE = ("done", "cached")
+
+
+@dataclass(frozen=True)
+class ShotProgress:
+    shot: int | None
+    approach: str
+    total: int
+    done: int
+    state: str
+    elapsed_s: float | None
+    estimated_usd: Decimal
+    spent_usd: Decimal
+    """What the provider charged for this shot's finished steps (reused outputs cost nothing)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    shot: int | None
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    run_id: str
+    status: str
+    title: str
+    total: int
+    counts: dict[str, int]
+    elapsed_s: float
+    estimated_usd: Decimal
+    spent_usd: Decimal
+    shots: list[ShotProgress] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in DONE)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+def snapshot(runs: RunStore, run_id: str) -> RunProgress:
+    meta = runs.meta(run_id)
+    steps = runs.steps(run_id)
+    states = runs.states(run_id)
+    info = runs.info(run_id)
+    approaches = {int(k): v for k, v in _approaches(meta).items()}
+    shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
+    created = float(meta.get("created_at", time.time()))
+    ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
+    return RunProgress(
+        run_id=run_id,
+        status=meta.get("status", "unknown"),
+        title=f'{meta.get("project", "")} EP{int(meta.get("episode", 0)):03d} "{meta.get("title", "")}"',
+        total=len(steps),
+        counts=dict(Counter(states.values())),
+        elapsed_s=ended - created,
+        estimated_usd=sum((s.cost_usd for s in steps.values()), Decimal(0)),
+        spent_usd=sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
+        shots=[_shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches) for n in shots],
+        failures=[
+            Failure(s.shot, f"{s.kind.value} {s.role}", str(info.get(s.id, {}).get("error", "")))
+            for s in steps.values()
+            if states.get(s.id) == "failed"
+        ],
+    )
+
+
+def _shot(
+    number: int | None,
+    steps: list[Step],
+    states: dict[str, str],
+    info: dict[str, dict[str, object]],
+    approaches: dict[int, str],
+) -> ShotProgress:
+    mine = [states.get(s.id, "") for s in steps]
+    done = sum(1 for s in mine if s in DONE)
+    starts = [float(str(info[s.id]["started_at"])) for s in steps if "started_at" in info.get(s.id, {})]
+    ends = [float(str(info[s.id]["finished_at"])) for s in steps if "finished_at" in info.get(s.id, {})]
+    running = any(s in ("running", "queued") for s in mine)
+    elapsed = None
+    if starts:
+        elapsed = (time.time() if running or not ends else max(ends)) - min(starts)
+    return ShotProgress(
+        shot=number,
+        approach=approaches.get(number, "episode") if number is not None else "episode",
+        total=len(steps),
+        done=done,
+        state=_shot_state(mine, done),
+        elapsed_s=elapsed,
+        estimated_usd=sum((s.cost_usd for s in steps), Decimal(0)),
+        spent_usd=sum(
+            (_actual(info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st in DONE), Decimal(0)
+        ),
+    )
+
+
+def _shot_state(states: list[str], done: int) -> str:
+    if "failed" in states:
+        return "failed"
+    if done == len(states):
+        return "done"
+    if "running" in states or "queued" in states:
+        return "running"
+    if "cancelled" in states:
+        return "cancelled"
+    return "waiting"
+
+
+def _approaches(meta: dict[str, str]) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in meta.get("approaches", "").split(",") if "=" in item)
+    return dict(pairs)
+
+
+def _actual(info: dict[str, object]) -> Decimal:
+    return Decimal(str(info.get("actual_cost_usd", "0")))

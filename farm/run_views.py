@@ -1,0 +1,93 @@
+"""Terminal views of a running or finished run: the status table and live progress bars."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm.progress import RunProgress
+from farm.views import duration, usd
+
+STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "waiting": "dim", "cancelled": "yellow"}
+
+
+def status_table(progress: RunProgress) -> Table:
+    table = Table(
+        title=f"{progress.run_id}  {escape(progress.title)}  [bold]{progress.status}[/]", title_justify="left"
+    )
+    for column, justify in (
+        ("shot", "right"),
+        ("approach", "left"),
+        ("steps", "right"),
+        ("state", "left"),
+        ("elapsed", "right"),
+        ("est. $", "right"),
+        ("spent $", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for shot in progress.shots:
+        style = STATE_STYLE.get(shot.state, "")
+        table.add_row(
+            str(shot.shot) if shot.shot is not None else "episode",
+            shot.approach,
+            f"{shot.done}/{shot.total}",
+            f"[{style}]{shot.state}[/]" if style else shot.state,
+            duration(shot.elapsed_s) if shot.elapsed_s is not None else "-",
+            usd(shot.estimated_usd),
+            usd(shot.spent_usd),
+        )
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(progress.counts.items()))
+    table.add_row(
+        "[bold]total[/]",
+        "",
+        f"{progress.done}/{progress.total}",
+        counts,
+        duration(progress.elapsed_s),
+        usd(progress.estimated_usd),
+        usd(progress.spent_usd),
+    )
+    return table
+
+
+def print_status(console: Console, progress: RunProgress) -> None:
+    console.print(status_table(progress))
+    for failure in progress.failures:
+        where = f"shot {failure.shot}" if failure.shot is not None else "episode"
+        console.print(f"[red]failed[/] {where} {failure.label}: {escape(failure.reason)}")
+
+
+def watch(console: Console, poll: Callable[[], RunProgress], interval_s: float = 0.5) -> RunProgress:
+    """Live bars (overall and per shot) until the run settles; returns the final picture."""
+    current = poll()
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    overall = bars.add_task("[bold]episode", total=current.total, state=current.status)
+    per_shot: dict[int | None, TaskID] = {
+        s.shot: bars.add_task(
+            f"shot {s.shot}" if s.shot is not None else "concat", total=s.total, state=s.state
+        )
+        for s in current.shots
+    }
+    with Live(Group(bars), console=console, refresh_per_second=4, transient=False):
+        while True:
+            bars.update(overall, completed=current.done, state=current.status)
+            for shot in current.shots:
+                bars.update(per_shot[shot.shot], completed=shot.done, state=shot.state)
+            if current.finished:
+                break
+            time.sleep(interval_s)
+            current = poll()
+    console.print()
+    return current

@@ -1,0 +1,259 @@
+"""Run and step state in Redis. Every transition that releases work is one atomic Lua script.
+
+Keys, all under `farm:run:<run id>`:
+  (hash)        run metadata: status, counters (total, done, failed, active), times, storyboard, output
+  :steps        hash step id -> step JSON (the plan, as the workers read it)
+  :order        list of step ids in plan order
+  :state        hash step id -> waiting | queued | running | done | cached | failed | cancelled
+  :waiting      hash step id -> number of inputs not yet done
+  :dependents   hash step id -> JSON list of the steps that consume its outputs
+  :deliveries   hash step id -> how many times a worker started it
+  :info         hash "<step id>:<field>" -> timings, worker, cached flag, cost, error
+`active` counts queued + running steps: when it reaches zero the run has settled.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from farm.plan import Plan, Step
+
+RUNS_KEY = "farm:runs"
+SETTLED = ("done", "cached")
+
+_FINISH = """
+local function finish(run, now)
+  local status = redis.call('HGET', run, 'status')
+  local outcome
+  if status == 'cancelling' then
+    outcome = 'cancelled'
+  elseif tonumber(redis.call('HGET', run, 'failed')) == 0
+      and tonumber(redis.call('HGET', run, 'done')) == tonumber(redis.call('HGET', run, 'total')) then
+    outcome = 'succeeded'
+  else
+    outcome = 'failed'
+  end
+  redis.call('HSET', run, 'status', outcome, 'finished_at', now)
+  return outcome
+end
+"""
+
+_BEGIN = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur ~= 'queued' and cur ~= 'running' then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], 'running')
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+_COMPLETE = (
+    _FINISH
+    + """
+local state, waiting, deps, run = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local step, final, now = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', state, step)
+if cur ~= 'running' and cur ~= 'queued' then return {'-'} end
+redis.call('HSET', state, step, final)
+redis.call('HINCRBY', run, 'done', 1)
+local status = redis.call('HGET', run, 'status')
+local released = {}
+local list = redis.call('HGET', deps, step)
+if list then
+  for _, d in ipairs(cjson.decode(list)) do
+    local n = redis.call('HINCRBY', waiting, d, -1)
+    if n == 0 and status == 'running' and redis.call('HGET', state, d) == 'waiting' then
+      redis.call('HSET', state, d, 'queued')
+      table.insert(released, d)
+    end
+  end
+end
+local outcome = ''
+if redis.call('HINCRBY', run, 'active', #released - 1) == 0 then outcome = finish(run, now) end
+return {outcome, unpack(released)}
+"""
+)
+
+_FAIL = (
+    _FINISH
+    + """
+local state, run = KEYS[1], KEYS[2]
+local step, now = ARGV[1], ARGV[2]
+local cur = redis.call('HGET', state, step)
+if cur ~= 'running' and cur ~= 'queued' then return '-' end
+redis.call('HSET', state, step, 'failed')
+redis.call('HINCRBY', run, 'failed', 1)
+if redis.call('HINCRBY', run, 'active', -1) == 0 then return finish(run, now) end
+return ''
+"""
+)
+
+_CANCEL = (
+    _FINISH
+    + """
+local state, run = KEYS[1], KEYS[2]
+local now = ARGV[1]
+if redis.call('HGET', run, 'status') ~= 'running' then return {'-'} end
+redis.call('HSET', run, 'status', 'cancelling')
+local revoked = {}
+local all = redis.call('HGETALL', state)
+for i = 1, #all, 2 do
+  local step, s = all[i], all[i + 1]
+  if s == 'queued' then
+    redis.call('HSET', state, step, 'cancelled')
+    table.insert(revoked, step)
+  elseif s == 'waiting' then
+    redis.call('HSET', state, step, 'cancelled')
+  end
+end
+local outcome = ''
+if redis.call('HINCRBY', run, 'active', -#revoked) == 0 then outcome = finish(run, now) end
+return {outcome, unpack(revoked)}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Completion:
+    released: list[str]
+    """Steps whose inputs are now all there: send them."""
+    outcome: str
+    """'' while the run goes on; succeeded | failed | cancelled when this call settled it."""
+    duplicate: bool = False
+    """The step was already settled (a redelivered task): nothing changed."""
+
+
+def new_run_id(plan: Plan) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{plan.project.lower()}-ep{plan.episode:03d}-{stamp}-{secrets.token_hex(2)}"
+
+
+class RunStore:
+    """Reads and atomic transitions of runs; the only module that knows the key layout."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._begin = client.register_script(_BEGIN)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+        self._cancel = client.register_script(_CANCEL)
+
+    # keys ----------------------------------------------------------------------------------------
+    @staticmethod
+    def key(run_id: str, part: str = "") -> str:
+        return f"farm:run:{run_id}" + (f":{part}" if part else "")
+
+    # creation ------------------------------------------------------------------------------------
+    def create(self, run_id: str, plan: Plan, meta: dict[str, str]) -> list[str]:
+        """Store the plan and its state in one transaction; return the root steps, already queued."""
+        dependents: dict[str, list[str]] = defaultdict(list)
+        for step in plan.steps:
+            for source in step.inputs:
+                dependents[source].append(step.id)
+        roots = [s.id for s in plan.steps if not s.inputs]
+        now = str(time.time())
+        header: dict[Any, Any] = dict(meta)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            self.key(run_id),
+            mapping={
+                **header,
+                "status": "running",
+                "created_at": now,
+                "total": len(plan.steps),
+                "done": 0,
+                "failed": 0,
+                "active": len(roots),
+            },
+        )
+        pipe.hset(self.key(run_id, "steps"), mapping={s.id: s.model_dump_json() for s in plan.steps})
+        pipe.rpush(self.key(run_id, "order"), *[s.id for s in plan.steps])
+        pipe.hset(
+            self.key(run_id, "state"),
+            mapping={s.id: "queued" if not s.inputs else "waiting" for s in plan.steps},
+        )
+        pipe.hset(self.key(run_id, "waiting"), mapping={s.id: len(s.inputs) for s in plan.steps})
+        if dependents:
+            pipe.hset(
+                self.key(run_id, "dependents"), mapping={k: json.dumps(v) for k, v in dependents.items()}
+            )
+        pipe.zadd(RUNS_KEY, {run_id: float(now)})
+        pipe.execute()
+        return roots
+
+    # transitions ---------------------------------------------------------------------------------
+    def begin(self, run_id: str, step_id: str) -> int:
+        """Mark the step running; return how many times it has been started, or -1 to skip it."""
+        keys = [self.key(run_id, "state"), self.key(run_id, "deliveries")]
+        return int(self._begin(keys=keys, args=[step_id]))
+
+    def complete(self, run_id: str, step_id: str, *, cached: bool = False) -> Completion:
+        keys = [self.key(run_id, p) for p in ("state", "waiting", "dependents")] + [self.key(run_id)]
+        reply = self._complete(keys=keys, args=[step_id, "cached" if cached else "done", str(time.time())])
+        head = _text(reply[0])
+        if head == "-":
+            return Completion([], "", duplicate=True)
+        return Completion([_text(x) for x in reply[1:]], head)
+
+    def fail(self, run_id: str, step_id: str, reason: str) -> str:
+        """Mark the step failed with a reason; return the run outcome if this settled the run."""
+        self.set_info(run_id, step_id, error=reason)
+        keys = [self.key(run_id, "state"), self.key(run_id)]
+        outcome = _text(self._fail(keys=keys, args=[step_id, str(time.time())]))
+        return "" if outcome == "-" else outcome
+
+    def cancel(self, run_id: str) -> tuple[list[str], str]:
+        """Stop releasing; return the queued steps to revoke and the outcome if already settled."""
+        reply = self._cancel(keys=[self.key(run_id, "state"), self.key(run_id)], args=[str(time.time())])
+        if _text(reply[0]) == "-":
+            return [], ""
+        return [_text(x) for x in reply[1:]], _text(reply[0])
+
+    # info ----------------------------------------------------------------------------------------
+    def set_info(self, run_id: str, step_id: str, **fields: Any) -> None:
+        mapping: dict[Any, Any] = {f"{step_id}:{k}": json.dumps(v) for k, v in fields.items()}
+        self.r.hset(self.key(run_id, "info"), mapping=mapping)
+
+    def info(self, run_id: str) -> dict[str, dict[str, Any]]:
+        grouped: dict[str, dict[str, Any]] = defaultdict(dict)
+        for field, value in self.r.hgetall(self.key(run_id, "info")).items():
+            step_id, _, name = _text(field).partition(":")
+            grouped[step_id][name] = json.loads(value)
+        return dict(grouped)
+
+    # reads ---------------------------------------------------------------------------------------
+    def exists(self, run_id: str) -> bool:
+        return bool(self.r.exists(self.key(run_id)))
+
+    def meta(self, run_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id)).items()}
+
+    def step(self, run_id: str, step_id: str) -> Step:
+        raw = self.r.hget(self.key(run_id, "steps"), step_id)
+        if raw is None:
+            raise KeyError(f"run {run_id} has no step {step_id}")
+        return Step.model_validate_json(raw)
+
+    def steps(self, run_id: str) -> dict[str, Step]:
+        """Every step of the run, in plan (dependency) order."""
+        raw = {_text(k): v for k, v in self.r.hgetall(self.key(run_id, "steps")).items()}
+        order = [_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)]
+        return {i: Step.model_validate_json(raw[i]) for i in order}
+
+    def states(self, run_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "state")).items()}
+
+    def deliveries(self, run_id: str) -> dict[str, int]:
+        return {_text(k): int(v) for k, v in self.r.hgetall(self.key(run_id, "deliveries")).items()}
+
+    def runs(self, limit: int = 50) -> list[str]:
+        return [_text(r) for r in self.r.zrevrange(RUNS_KEY, 0, limit - 1)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,216 @@
+"""Start and stop a whole farm on one machine: Redis (if needed), one worker per queue, Flower.
+
+Children are tied to this process (they get SIGTERM if it dies, so no orphan keeps a pod or a port),
+and stopping is warm: workers get SIGTERM, finish their current step, and only then exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm.redis_server import RedisServer, is_up, wait_for_redis
+from farm.routing import QUEUES
+from farm.settings import Settings
+
+POOLS = {"post": "prefork", "cloud": "threads", "gpu": "threads"}
+"""post is CPU work (processes); cloud and gpu mostly wait on the network (threads)."""
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class FlowerAccess:
+    url: str
+    user: str
+    password: str
+    generated: bool
+
+
+@dataclass
+class Farm:
+    settings: Settings
+    broker_url: str
+    env: dict[str, str]
+    log_dir: Path = Path()
+    redis: RedisServer | None = None
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    flower: subprocess.Popen[bytes] | None = None
+    flower_access: FlowerAccess | None = None
+
+
+def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
+    """From settings; else generated once and kept (mode 0600) under the farm's home."""
+    if settings.flower_password is not None:
+        return settings.flower_user, settings.flower_password.get_secret_value(), False
+    path = settings.home / "flower.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return str(saved["user"]), str(saved["password"]), False
+    password = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"user": settings.flower_user, "password": password}, handle)
+    return settings.flower_user, password, True
+
+
+def start_farm(
+    settings: Settings,
+    *,
+    queues: tuple[str, ...] = QUEUES,
+    flower: bool = True,
+    redis_port: int | None = None,
+    private_dir: Path | None = None,
+) -> Farm:
+    """Bring up Redis (own or given), one worker per queue and Flower; wait until they are ready.
+
+    With `private_dir`, Redis data and logs live there (a throwaway farm for one render); artifacts
+    stay in the shared store so a later render still reuses them.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    state_dir = private_dir or settings.home
+    farm = Farm(settings, "", {}, log_dir=state_dir / "logs")
+    try:
+        farm.broker_url = _broker(farm, redis_port or settings.redis_port, state_dir / "redis")
+        farm.env = _child_env(settings, farm.broker_url)
+        farm.log_dir.mkdir(parents=True, exist_ok=True)
+        for queue in queues:
+            farm.workers[queue] = _start_worker(farm, queue)
+        if flower:
+            _start_flower(farm)
+        for queue in queues:
+            _wait_for_log(farm.log_dir / f"worker-{queue}.log", " ready.", farm.workers[queue], 60)
+    except BaseException:
+        stop_farm(farm)
+        raise
+    return farm
+
+
+def stop_farm(farm: Farm, timeout_s: float = 60.0) -> None:
+    """Warm shutdown: SIGTERM, wait for running steps to finish, then make sure nothing is left."""
+    children = [p for p in [*farm.workers.values(), farm.flower] if p is not None]
+    for process in children:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in children:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if farm.redis is not None:
+        farm.redis.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def worker_command(queue: str, settings: Settings, name: str) -> list[str]:
+    concurrency = {
+        "post": settings.post_concurrency,
+        "cloud": settings.cloud_concurrency,
+        "gpu": settings.gpu_concurrency,
+    }[queue]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "worker",
+        "-Q",
+        queue,
+        "-P",
+        POOLS[queue],
+        "-c",
+        str(concurrency),
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+        "-E",
+        "-l",
+        "INFO",
+    ]
+
+
+def _broker(farm: Farm, port: int, data_dir: Path) -> str:
+    settings = farm.settings
+    if settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        wait_for_redis(url, 10)
+        return url
+    url = f"redis://127.0.0.1:{port}/0"
+    if not is_up(url):
+        farm.redis = RedisServer(data_dir, port)
+        farm.redis.start()
+    return url
+
+
+def _child_env(settings: Settings, broker_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"FARM_REDIS_URL": broker_url, "FARM_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the farm process goes away."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(
+    farm: Farm, command: list[str], log_name: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**farm.env, **(extra_env or {})}
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    with open(farm.log_dir / log_name, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
+
+
+def _start_worker(farm: Farm, queue: str) -> subprocess.Popen[bytes]:
+    log_path = farm.log_dir / f"worker-{queue}.log"
+    log_path.write_bytes(b"")
+    name = f"{queue}.{secrets.token_hex(3)}@%h"
+    return _spawn(farm, worker_command(queue, farm.settings, name), log_path.name)
+
+
+def _start_flower(farm: Farm) -> None:
+    user, password, generated = flower_credentials(farm.settings)
+    port = farm.settings.flower_port
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "flower",
+        "--address=127.0.0.1",
+        f"--port={port}",
+    ]
+    farm.flower = _spawn(farm, command, "flower.log", {"FLOWER_BASIC_AUTH": f"{user}:{password}"})
+    farm.flower_access = FlowerAccess(f"http://127.0.0.1:{port}", user, password, generated)
+
+
+def _wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while marker not in path.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise RuntimeError(f"{path.stem} exited with status {process.returncode}; see {path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path.stem} was not ready after {timeout_s:g} s; see {path}")
+        time.sleep(0.1)

@@ -1,0 +1,58 @@
+"""Celery settings for long, paid tasks. Kept apart from the app so tests can read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from farm.plan import StepKind
+
+TIME_LIMITS_S: dict[StepKind, tuple[int, int]] = {
+    StepKind.T2I: (300, 360),
+    StepKind.IMG2IMG: (300, 360),
+    StepKind.UPSCALE: (300, 360),
+    StepKind.SPLIT: (60, 90),
+    StepKind.VIDEO: (1500, 1800),
+    StepKind.KEN_BURNS: (300, 360),
+    StepKind.HOLD: (300, 360),
+    StepKind.CONCAT: (600, 720),
+}
+"""(soft, hard) seconds per step kind. Soft fails the step with a reason; hard kills a stuck child."""
+
+VISIBILITY_TIMEOUT_S = max(hard for _, hard in TIME_LIMITS_S.values()) + 600
+"""A message unacked this long is handed to another worker: it must outlast the longest hard limit,
+or a slow video would be delivered twice while still running."""
+
+
+def task_name(kind: StepKind) -> str:
+    return f"farm.{kind.value}"
+
+
+def celery_config(broker_url: str) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # JSON only: a pickled message is refused, never executed.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # Paid, long steps: ack after the work, requeue if the worker process dies, one message at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Step state lives in the farm's own Redis keys, so no result backend is needed.
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        # Flower sees every step: sent, started, succeeded, failed.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": "post",
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "task_annotations": {
+            task_name(kind): {"soft_time_limit": soft, "time_limit": hard}
+            for kind, (soft, hard) in TIME_LIMITS_S.items()
+        },
+    }

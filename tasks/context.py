@@ -1,0 +1,46 @@
+"""Per-process worker resources, made after fork: settings, Redis, run store, artifact store, engines."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import redis
+
+from farm.artifacts import store_from_settings
+from farm.settings import Settings, load_settings
+from farm.state import RunStore
+from farm.storage import ArtifactStore
+from tasks.app import app, broker_url
+from tasks.sender import CelerySender
+from workers.base import Engine
+from workers.registry import make_engine
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    runs: RunStore
+    store: ArtifactStore
+    sender: CelerySender
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            self.engines[name] = make_engine(name, self.settings)
+        return self.engines[name]
+
+
+_by_pid: dict[int, WorkerContext] = {}
+
+
+def context() -> WorkerContext:
+    """One context per process: Redis connections must not be shared across a fork."""
+    pid = os.getpid()
+    if pid not in _by_pid:
+        settings = load_settings()
+        client = redis.Redis.from_url(broker_url(settings))
+        _by_pid[pid] = WorkerContext(
+            settings, RunStore(client), store_from_settings(settings), CelerySender(app)
+        )
+    return _by_pid[pid]

@@ -1,0 +1,116 @@
+"""Run one plan step: claim it, reuse or render its outputs, publish them, release what it unblocks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from farm.artifacts import input_index, output_key, output_keys
+from farm.manifest import write_manifest
+from farm.plan import Step
+from farm.routing import backend_for
+from farm.state import Completion
+from tasks.context import WorkerContext
+from workers.base import StepJob, StepResult
+
+log = logging.getLogger(__name__)
+
+
+class StepFailed(Exception):
+    """Raised after the step is marked failed, so Flower shows the task as failed with the reason."""
+
+
+def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
+    """Return the completion (steps to release), or None when there was nothing to do."""
+    runs = ctx.runs
+    started = runs.begin(run_id, step_id)
+    if started < 0:
+        return None  # settled already, or cancelled while queued
+    if started > ctx.settings.max_deliveries:
+        _fail(
+            ctx,
+            run_id,
+            step_id,
+            f"its worker died {started - 1} times while running it (limit "
+            f"{ctx.settings.max_deliveries}); not retried again",
+        )
+    step = runs.step(run_id, step_id)
+    meta = runs.meta(run_id)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    runs.set_info(run_id, step_id, started_at=time.time(), worker=worker, delivery=started)
+    try:
+        cached, result = produce(ctx, run_id, step, meta["namespace"], meta["backend"])
+        paths = publish(ctx, step, meta["namespace"], Path(meta["output_dir"]))
+    except Exception as exc:  # every failure becomes a readable reason on the step
+        log.exception("step %s of run %s failed", step_id, run_id)
+        _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}")
+    runs.set_info(
+        run_id,
+        step_id,
+        finished_at=time.time(),
+        cached=cached,
+        actual_cost_usd=str(result.cost_usd),
+        outputs=[str(p) for p in paths],
+        metadata=result.metadata,
+    )
+    completion = runs.complete(run_id, step_id, cached=cached)
+    if completion.outcome:
+        write_manifest(runs, ctx.store, run_id)
+    return completion
+
+
+def produce(
+    ctx: WorkerContext, run_id: str, step: Step, namespace: str, backend: str
+) -> tuple[bool, StepResult]:
+    """Reuse the step's outputs when the store has them all (never pay twice); else render them."""
+    keys = output_keys(namespace, step)
+    if all(ctx.store.has(k) for k in keys):
+        return True, StepResult()
+    work = ctx.settings.home / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix=f"{step.id}-") as tmp:
+        folder = Path(tmp)
+        inputs = fetch_inputs(ctx, run_id, step, namespace, folder)
+        outputs = [folder / f"out{i}{Path(name).suffix}" for i, name in enumerate(step.outputs)]
+        engine = ctx.engine(backend_for(step.kind, backend))
+        job = StepJob(step.id, step.kind.value, step.engine, step.endpoint, step.params, inputs, outputs)
+        result = engine.run(job)
+        for key, path in zip(keys, outputs, strict=True):
+            if not path.is_file() or path.stat().st_size == 0:
+                raise RuntimeError(f"engine {engine.name} did not write {step.outputs[outputs.index(path)]}")
+            ctx.store.put_file(key, path)
+    return False, result
+
+
+def fetch_inputs(ctx: WorkerContext, run_id: str, step: Step, namespace: str, folder: Path) -> list[Path]:
+    paths = []
+    for n, input_id in enumerate(step.inputs):
+        producer = ctx.runs.step(run_id, input_id)
+        index = input_index(step, producer)
+        name = producer.outputs[index]
+        dest = folder / f"in{n}{Path(name).suffix}"
+        ctx.store.get_file(output_key(namespace, producer.id, index, name), dest)
+        paths.append(dest)
+    return paths
+
+
+def publish(ctx: WorkerContext, step: Step, namespace: str, output_dir: Path) -> list[Path]:
+    """Copy the step's outputs into the deliverables folder under their asset names (atomically)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, name in zip(output_keys(namespace, step), step.outputs, strict=True):
+        dest = output_dir / name
+        ctx.store.get_file(key, dest)
+        paths.append(dest)
+    return paths
+
+
+def _fail(ctx: WorkerContext, run_id: str, step_id: str, reason: str) -> NoReturn:
+    if ctx.runs.fail(run_id, step_id, reason):
+        write_manifest(ctx.runs, ctx.store, run_id)
+    raise StepFailed(reason)

@@ -1,0 +1,31 @@
+"""Sending steps to Celery: task per kind, deterministic task id, readable args for Flower."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from farm.plan import Step
+from tasks.config import task_name
+
+
+def task_id(run_id: str, step_id: str) -> str:
+    """Deterministic, so a step can be revoked or found in Flower from the run state alone."""
+    return f"{run_id}:{step_id}"
+
+
+class CelerySender:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send(self, run_id: str, step: Step, queue: str) -> None:
+        self.app.send_task(
+            task_name(step.kind),
+            args=[run_id, step.id],
+            queue=queue,
+            task_id=task_id(run_id, step.id),
+            argsrepr=f"{run_id} {step.asset_name}",
+            kwargsrepr="",
+        )
+
+    def revoke(self, run_id: str, step_ids: list[str]) -> None:
+        self.app.control.revoke([task_id(run_id, s) for s in step_ids])

@@ -1,0 +1,41 @@
+"""One Celery task per step kind (farm.t2i, farm.video, ...), all running the same step executor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from farm.dispatch import release
+from farm.plan import StepKind
+from tasks.app import app
+from tasks.config import task_name
+from tasks.context import context
+from tasks.execute import execute
+
+
+def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
+    ctx = context()
+    completion = execute(ctx, run_id, step_id)
+    if completion is None:
+        return "skipped"
+    if completion.released:
+        backend = ctx.runs.meta(run_id)["backend"]
+        release(
+            ctx.runs, ctx.sender, run_id, [ctx.runs.step(run_id, s) for s in completion.released], backend
+        )
+    return f"released {len(completion.released)}" + (
+        f"; run {completion.outcome}" if completion.outcome else ""
+    )
+
+
+def _register(kind: StepKind) -> Task[Any, Any]:
+    def run(self: Task[Any, Any], run_id: str, step_id: str) -> str:
+        return _run_step(self, run_id, step_id)
+
+    run.__name__ = run.__qualname__ = f"run_{kind.value}"
+    task: Task[Any, Any] = app.task(name=task_name(kind), bind=True)(run)
+    return task
+
+
+TASKS = {kind: _register(kind) for kind in StepKind}

@@ -1,0 +1,209 @@
+"""The sample episode end to end on a real farm: real redis-server, Celery workers per queue, Flower."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+import redis
+from pydantic import SecretStr
+
+from farm import dispatch
+from farm.plan import Plan, build_plan
+from farm.progress import snapshot
+from farm.routing import QUEUES
+from farm.settings import Settings
+from farm.state import RunStore
+from farm.supervisor import Farm, free_port, start_farm, stop_farm
+from farm.validate import load_episode
+from tasks.app import make_app
+from tasks.sender import CelerySender
+from tests.conftest import Doc
+from workers.media import probe
+
+FLOWER_PASSWORD = "flower-test-password"
+
+
+@dataclass
+class RunningFarm:
+    farm: Farm
+    runs: RunStore
+    sender: CelerySender
+    out: Path
+    redis: redis.Redis
+
+    def submit(self, storyboard: Path) -> tuple[str, Plan]:
+        plan = build_plan(load_episode(storyboard))
+        run_id = dispatch.submit(
+            self.runs,
+            self.sender,
+            plan,
+            backend="local",
+            namespace="embedded",
+            output=self.out,
+            storyboard=str(storyboard),
+        )
+        return run_id, plan
+
+    def wait(self, run_id: str, timeout_s: float = 240) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (status := self.runs.meta(run_id)["status"]) not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"run {run_id} still {status}: {snapshot(self.runs, run_id)}"
+            time.sleep(0.2)
+        return status
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    home = tmp_path_factory.mktemp("farm-home")
+    settings = Settings(home=home, flower_port=free_port(), flower_password=SecretStr(FLOWER_PASSWORD))
+    with mock.patch.dict(os.environ, {"FARM_HOME": str(home)}):
+        running = start_farm(settings, redis_port=free_port(), private_dir=home / "private")
+    client = redis.Redis.from_url(running.broker_url)
+    try:
+        yield RunningFarm(
+            running, RunStore(client), CelerySender(make_app(running.broker_url)), home / "out", client
+        )
+    finally:
+        stop_farm(running)
+
+
+@pytest.fixture(scope="module")
+def first_run(farm: RunningFarm, sample_path: Path) -> tuple[str, Plan]:
+    run_id, plan = farm.submit(sample_path)
+    assert farm.wait(run_id) == "succeeded", snapshot(farm.runs, run_id).failures
+    return run_id, plan
+
+
+def manifest_of(farm: RunningFarm, run_id: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        (Path(farm.runs.meta(run_id)["output_dir"]) / "manifest.json").read_text()
+    )
+    return doc
+
+
+def test_sample_renders_to_an_h264_portrait_episode(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+    run_id, plan = first_run
+    folder = Path(farm.runs.meta(run_id)["output_dir"])
+    episode = probe(folder / "LEV_EP001_episode.mp4")
+    assert (episode.codec, episode.width, episode.height, episode.fps) == ("h264", 720, 1280, 16.0)
+    clips = [probe(folder / plan.step(shot.clip).asset_name) for shot in plan.shots]
+    assert abs(episode.duration_s - sum(c.duration_s for c in clips)) <= 0.2
+    for step in plan.steps:
+        for name in step.outputs:
+            assert (folder / name).stat().st_size > 0, name
+
+
+def test_manifest_records_every_step_reproducibly(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+    run_id, plan = first_run
+    manifest = manifest_of(farm, run_id)
+    assert manifest["status"] == "succeeded"
+    assert [s["id"] for s in manifest["steps"]] == [s.id for s in plan.steps]
+    by_id = {s.id: s for s in plan.steps}
+    for row in manifest["steps"]:
+        step = by_id[row["id"]]
+        assert row["state"] == "done" and row["cached"] is False
+        assert row["params"] == step.params and row["seed"] == step.params.get("seed")
+        assert row["inputs"] == list(step.inputs)
+        assert row["timings"]["seconds"] is not None and row["timings"]["seconds"] >= 0
+        assert row["cost_usd"]["estimated"] == float(step.cost_usd) and row["cost_usd"]["actual"] == 0.0
+        assert all(Path(o["path"]).exists() for o in row["outputs"])
+    assert manifest["cost_usd"]["estimated"] == pytest.approx(1.557)
+
+
+def test_flower_lists_every_step_with_readable_args(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+    run_id, plan = first_run
+    access = farm.farm.flower_access
+    assert access is not None
+    assert httpx.get(f"{access.url}/api/tasks", timeout=10).status_code == 401
+    tasks = httpx.get(f"{access.url}/api/tasks", auth=(access.user, access.password), timeout=10).json()
+    mine = {tid: t for tid, t in tasks.items() if tid.startswith(run_id)}
+    assert len(mine) == len(plan.steps)
+    for step in plan.steps:
+        task = mine[f"{run_id}:{step.id}"]
+        assert task["name"] == f"farm.{step.kind.value}"
+        assert task["args"] == f"{run_id} {step.asset_name}"
+
+
+def test_resubmitting_renders_nothing(
+    farm: RunningFarm, first_run: tuple[str, Plan], sample_path: Path
+) -> None:
+    run_id, _ = farm.submit(sample_path)
+    assert farm.wait(run_id) == "succeeded"
+    assert set(farm.runs.states(run_id).values()) == {"cached"}
+    assert all(row["cached"] for row in manifest_of(farm, run_id)["steps"])
+
+
+def test_editing_one_shot_renders_only_what_changed(
+    farm: RunningFarm, first_run: tuple[str, Plan], sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    _, before = first_run
+    edited = copy.deepcopy(sample_doc)
+    edited["shots"][6]["last_frame"] = "JNXCHAR yanks the lever, sparks spitting from the panel."
+    path = tmp_path / "storyboard.json"
+    path.write_text(json.dumps(edited))
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    run_id, after = farm.submit(path)
+    assert farm.wait(run_id) == "succeeded"
+    rendered = {i for i, state in farm.runs.states(run_id).items() if state == "done"}
+    assert rendered == {s.id for s in after.steps} - {s.id for s in before.steps}
+    assert {(after.step(i).shot, after.step(i).kind.value, after.step(i).role) for i in rendered} == {
+        (7, "img2img", "last"),
+        (7, "upscale", "last"),
+        (7, "video", "clip"),
+        (None, "concat", "episode"),
+    }
+
+
+def test_bad_storyboard_enqueues_nothing(
+    farm: RunningFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    bad = copy.deepcopy(sample_doc)
+    del bad["shots"][3]["triptych_prompt"]
+    path = tmp_path / "storyboard.json"
+    path.write_text(json.dumps(bad))
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    runs_before = farm.runs.runs(1000)
+    env = {**os.environ, "FARM_REDIS_URL": farm.farm.broker_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "submit", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "shots[3].triptych_prompt" in result.stderr
+    assert farm.runs.runs(1000) == runs_before
+    assert all(farm.redis.llen(queue) == 0 for queue in QUEUES)
+
+
+def test_cancel_stops_releasing_and_revokes_queued(
+    farm: RunningFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    fresh = copy.deepcopy(sample_doc)
+    fresh["project"] = "CXL"  # every seed changes: nothing can be reused
+    path = tmp_path / "storyboard.json"
+    path.write_text(json.dumps(fresh))
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    run_id, plan = farm.submit(path)
+    dispatch.cancel(farm.runs, farm.sender, run_id)
+    assert farm.wait(run_id, timeout_s=60) == "cancelled"
+    states = farm.runs.states(run_id)
+    assert "cancelled" in states.values()
+    assert not {"queued", "running", "waiting"} & set(states.values())
+    assert sum(1 for s in states.values() if s == "done") < len(plan.steps)
+    time.sleep(1.0)
+    assert farm.runs.states(run_id) == states, "nothing ran after the run settled"

@@ -1,0 +1,96 @@
+"""The atomic state transitions of a run, against a real redis-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from farm.plan import Plan, build_plan
+from farm.state import RunStore
+from farm.validate import load_episode
+
+
+def sample_plan(sample_path: Path) -> Plan:
+    return build_plan(load_episode(sample_path))
+
+
+def drain(runs: RunStore, run_id: str, roots: list[str]) -> list[str]:
+    """Complete steps in release order, as workers would; return the completion order."""
+    order: list[str] = []
+    ready = list(roots)
+    while ready:
+        step = ready.pop(0)
+        assert runs.begin(run_id, step) == 1
+        completion = runs.complete(run_id, step)
+        order.append(step)
+        ready += completion.released
+    return order
+
+
+def test_release_follows_dependencies_and_settles(client: redis.Redis, sample_path: Path) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    roots = runs.create("r1", plan, {"project": "LEV"})
+    assert sorted(roots) == sorted(s.id for s in plan.steps if not s.inputs)
+    order = drain(runs, "r1", roots)
+    position = {step: i for i, step in enumerate(order)}
+    assert len(order) == len(plan.steps), "every step is released exactly once"
+    for step in plan.steps:
+        assert all(position[i] < position[step.id] for i in step.inputs)
+    meta = runs.meta("r1")
+    assert meta["status"] == "succeeded"
+    assert meta["active"] == "0" and meta["done"] == str(len(plan.steps))
+
+
+def test_a_step_completed_twice_releases_nothing_twice(client: redis.Redis, sample_path: Path) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    root = runs.create("r2", plan, {})[0]
+    runs.begin("r2", root)
+    first = runs.complete("r2", root)
+    again = runs.complete("r2", root)
+    assert first.released and not first.duplicate
+    assert again.duplicate and again.released == []
+    assert runs.meta("r2")["done"] == "1"
+
+
+def test_begin_counts_deliveries_and_skips_settled_steps(client: redis.Redis, sample_path: Path) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    root = runs.create("r3", plan, {})[0]
+    assert [runs.begin("r3", root) for _ in range(3)] == [1, 2, 3], "a redelivered step counts again"
+    runs.complete("r3", root)
+    assert runs.begin("r3", root) == -1
+    waiting = next(step for step, state in runs.states("r3").items() if state == "waiting")
+    assert runs.begin("r3", waiting) == -1, "a step whose inputs are missing never starts"
+
+
+def test_failure_blocks_dependents_and_settles_as_failed(client: redis.Redis, sample_path: Path) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    roots = runs.create("r4", plan, {})
+    runs.begin("r4", roots[0])
+    runs.fail("r4", roots[0], "engine exploded")
+    assert roots[0] not in drain(runs, "r4", roots[1:])
+    assert runs.meta("r4")["status"] == "failed"
+    states = runs.states("r4")
+    assert states[roots[0]] == "failed"
+    assert "waiting" in states.values(), "the failed step's dependents never run"
+    assert runs.info("r4")[roots[0]]["error"] == "engine exploded"
+
+
+def test_cancel_revokes_queued_and_settles_when_running_steps_end(
+    client: redis.Redis, sample_path: Path
+) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    roots = runs.create("r5", plan, {})
+    runs.begin("r5", roots[0])
+    revoked, outcome = runs.cancel("r5")
+    assert sorted(revoked) == sorted(roots[1:]) and outcome == ""
+    assert runs.meta("r5")["status"] == "cancelling"
+    completion = runs.complete("r5", roots[0])
+    assert completion.released == [], "nothing is released once cancelled"
+    assert completion.outcome == "cancelled"
+    assert runs.begin("r5", roots[1]) == -1, "a revoked task that still arrives does nothing"

@@ -1,0 +1,65 @@
+"""The one small interface every engine backend implements, and the error tree they translate into.
+
+A backend turns one plan step into output files. It never touches Redis, Celery or the artifact store:
+the task layer hands it local input files and local output paths, and stores what it wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class EngineError(Exception):
+    """Base of every failure a backend reports; the message is shown to the studio as the reason."""
+
+
+class TransientError(EngineError):
+    """Worth retrying later (connection reset, 5xx, 429, timeout). `retry_after_s` when the provider says."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(EngineError):
+    """Retrying cannot help (bad input, validation error): the step fails with this reason."""
+
+
+class ContentPolicyError(EngineError):
+    """The provider refused the content; the step is re-routed to the GPU pool."""
+
+
+@dataclass(frozen=True)
+class StepJob:
+    """Everything a backend needs to run one step, already on local disk."""
+
+    step_id: str
+    kind: str
+    """One of t2i, img2img, upscale, split, video, ken_burns, hold, concat."""
+    engine: str
+    """The plan's engine card (z_image_turbo, flux2, seedvr2, wan22, post)."""
+    endpoint: str | None
+    params: dict[str, Any]
+    inputs: list[Path]
+    """One file per plan input, in plan order (a split panel already picked for its upscale)."""
+    outputs: list[Path]
+    """Where to write, one path per planned output; the directory exists."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    cost_usd: Decimal = Decimal(0)
+    """What the provider charged; the embedded engine costs nothing."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Anything worth keeping in the manifest (request ids, seeds echoed back, durations)."""
+
+
+class Engine(Protocol):
+    """A backend. `name` is what the routing table and the manifest call it."""
+
+    name: str
+
+    def run(self, job: StepJob) -> StepResult: ...
