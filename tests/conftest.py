@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3  # type: ignore[import-untyped]
 import pytest
+
+from farm.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "lighthouse" / "storyboard_ep_001.json"
 SHARED_SAMPLE = ROOT.parent / "shared" / "episodes" / "leviathan" / "storyboard_ep_001.json"
 
 Doc = dict[str, Any]
+MOTO_BUCKET = "farm-artifacts"
+MOTO_SECRET = "dummy-secret-do-not-leak-7f3a"
 
 SAMPLE_TOTALS = {
     "t2i": 8,
@@ -74,3 +83,54 @@ def write_episode(tmp_path: Path, sample_doc: Doc, registry_doc: Doc) -> Callabl
 def edit(sample_doc: Doc) -> Callable[[], Doc]:
     """A fresh deep copy of the sample storyboard to modify."""
     return lambda: copy.deepcopy(sample_doc)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"moto server did not listen on 127.0.0.1:{port} in {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with the test bucket; dummy credentials; no metadata or proxy lookups."""
+    home = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", MOTO_SECRET)
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.setenv("AWS_CONFIG_FILE", str(home / "config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        env.setenv("NO_PROXY", "127.0.0.1,localhost")
+        env.setenv("no_proxy", "127.0.0.1,localhost")
+
+        port = free_port()
+        log = home / "moto.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for_port(port, proc, log)
+            endpoint = f"http://127.0.0.1:{port}"
+            boto3.session.Session().client("s3", endpoint_url=endpoint).create_bucket(Bucket=MOTO_BUCKET)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

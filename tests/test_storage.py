@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import boto3  # type: ignore[import-untyped]
 import pytest
 
 from farm.storage import ArtifactStore, LocalStore, S3Store, open_store, validate_key
+from tests.conftest import MOTO_BUCKET as BUCKET
+from tests.conftest import MOTO_SECRET as SECRET
 
-BUCKET = "farm-artifacts"
-SECRET = "dummy-secret-do-not-leak-7f3a"
 KEY = "steps/0123abcd4567ef89/PRJ_EP001_S01_T01_ENV_first.png"
 PAYLOAD = bytes(range(256)) * 64 + b"\x00\xff tail"
 
@@ -45,64 +42,6 @@ BAD_KEYS = [
     "a/b?.png",
     "x" * 1025,
 ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"moto server did not listen on 127.0.0.1:{port} in {timeout_s}s")
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with the test bucket; dummy credentials; no metadata or proxy lookups."""
-    home = tmp_path_factory.mktemp("aws")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        env.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        env.setenv("NO_PROXY", "127.0.0.1,localhost")
-        env.setenv("no_proxy", "127.0.0.1,localhost")
-
-        port = _free_port()
-        log = home / "moto.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_for_port(port, proc, log)
-            endpoint = f"http://127.0.0.1:{port}"
-            boto3.session.Session().client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-            yield endpoint
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(params=["local", "s3"])

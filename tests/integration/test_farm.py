@@ -207,3 +207,27 @@ def test_cancel_stops_releasing_and_revokes_queued(
     assert sum(1 for s in states.values() if s == "done") < len(plan.steps)
     time.sleep(1.0)
     assert farm.runs.states(run_id) == states, "nothing ran after the run settled"
+
+
+def farm_cli(farm: RunningFarm, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FARM_REDIS_URL": farm.farm.broker_url, "COLUMNS": "160"}
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_status_runs_and_submit_watch_commands(
+    farm: RunningFarm, first_run: tuple[str, Plan], sample_path: Path, tmp_path: Path
+) -> None:
+    run_id, _ = first_run
+    status = farm_cli(farm, "status", run_id)
+    assert status.returncode == 0, status.stderr
+    assert "succeeded" in status.stdout and "53/53" in status.stdout and "triptych_split_flf" in status.stdout
+    listed = farm_cli(farm, "runs")
+    assert run_id in listed.stdout
+    assert farm_cli(farm, "status", "no-such-run").returncode == 2
+    watched = farm_cli(farm, "submit", str(sample_path), "--watch", "--out", str(tmp_path))
+    assert watched.returncode == 0, watched.stderr
+    new_run = watched.stdout.splitlines()[0]
+    assert farm.runs.meta(new_run)["status"] == "succeeded"
+    assert (tmp_path / "leviathan" / "ep_001" / "LEV_EP001_episode.mp4").exists()

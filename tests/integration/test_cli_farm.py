@@ -1,0 +1,105 @@
+"""The farm's commands as a user runs them: `farm render` on a fresh home, and `farm up` with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from farm.settings import Settings
+from farm.supervisor import flower_credentials, free_port
+from tests.conftest import EXAMPLE
+from workers.media import probe
+
+
+def farm_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(
+        {"FARM_HOME": str(home), "FARM_REDIS_PORT": str(free_port()), "FARM_FLOWER_PORT": str(free_port())}
+    )
+    return env
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_render_the_bundled_example_on_a_fresh_home(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "render", str(EXAMPLE), "--out", str(out)],
+        env=farm_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = dict(
+        line.split(": ", 1)
+        for line in result.stdout.splitlines()
+        if line.startswith(("episode: ", "manifest: "))
+    )
+    episode, manifest = Path(lines["episode"]), Path(lines["manifest"])
+    assert episode.parent == out / "lighthouse_keepers" / "ep_001" and manifest.exists()
+    info = probe(episode)
+    assert (info.codec, info.width, info.height) == ("h264", 720, 1280)
+    clips = sorted(episode.parent.glob("*_clip.mp4"))
+    assert len(clips) == 7
+    assert abs(info.duration_s - sum(probe(c).duration_s for c in clips)) <= 0.2
+
+
+def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "up"],
+        env=farm_env(tmp_path / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 90
+        while "flower " not in seen:
+            assert time.monotonic() < deadline and process.poll() is None, seen
+            seen += process.stdout.readline()
+        children = descendants(process.pid)
+        assert len(children) >= 5, "redis-server, three workers (with pool children) and flower"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(90) == 0
+        seen += process.stdout.read()
+    assert "farm stopped" in seen
+    time.sleep(0.5)
+    assert [pid for pid in children if alive(pid)] == []
+
+
+def test_flower_password_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    user, password, generated = flower_credentials(settings)
+    assert generated and len(password) >= 16
+    assert (tmp_path / "flower.json").stat().st_mode & 0o077 == 0
+    assert flower_credentials(settings) == (user, password, False)
