@@ -231,3 +231,24 @@ def test_status_runs_and_submit_watch_commands(
     new_run = watched.stdout.splitlines()[0]
     assert farm.runs.meta(new_run)["status"] == "succeeded"
     assert (tmp_path / "leviathan" / "ep_001" / "LEV_EP001_episode.mp4").exists()
+
+
+def test_worker_command_runs_one_pool_in_the_foreground(farm: RunningFarm) -> None:
+    assert farm_cli(farm, "worker", "--queue", "nope").returncode == 2
+    env = {**os.environ, "FARM_REDIS_URL": farm.farm.broker_url}
+    with subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "worker", "--queue", "gpu"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 60
+        while " ready." not in seen:
+            assert time.monotonic() < deadline and process.poll() is None, seen
+            seen += process.stdout.readline()
+        assert "gpu" in seen
+        process.terminate()
+        assert process.wait(60) == 0
