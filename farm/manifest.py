@@ -11,7 +11,7 @@ from typing import Any
 
 from farm.artifacts import manifest_key, output_keys
 from farm.plan import Step
-from farm.plan_json import money
+from farm.plan_json import money, step_document
 from farm.routing import backend_for
 from farm.state import RunStore
 from farm.storage import ArtifactStore
@@ -72,18 +72,10 @@ def _step_row(
 ) -> dict[str, Any]:
     started, finished = info.get("started_at"), info.get("finished_at")
     return {
-        "id": step.id,
-        "kind": step.kind.value,
-        "shot": step.shot,
-        "role": step.role,
-        "engine": step.engine,
+        **step_document(step),
         "backend": backend_for(step.kind, meta.get("backend", "local")),
-        "endpoint": step.endpoint,
         "queue": info.get("queue"),
         "prompt": step.params.get("prompt"),
-        "seed": step.params.get("seed"),
-        "params": step.params,
-        "inputs": list(step.inputs),
         "outputs": [
             {"asset_name": name, "path": path, "store": store.locate(key)}
             for name, path, key in zip(
@@ -105,7 +97,6 @@ def _step_row(
             "actual": money(Decimal(info["actual_cost_usd"])) if "actual_cost_usd" in info else None,
         },
         "error": info.get("error"),
-        "notes": list(step.notes),
     }
 
 

@@ -22,7 +22,7 @@ def plan_document(plan: Plan, est: Estimate | None = None) -> dict[str, Any]:
         "project_name": plan.project_name,
         "episode": plan.episode,
         "title": plan.title,
-        "steps": [_step(s) for s in plan.steps],
+        "steps": [step_document(s) for s in plan.steps],
         "shots": [
             {
                 **shot.model_dump(mode="json", exclude={"clip_s"}),
@@ -48,7 +48,8 @@ def money(value: Decimal) -> float:
     return float(value.quantize(Decimal("0.000001")))
 
 
-def _step(step: Step) -> dict[str, Any]:
+def step_document(step: Step) -> dict[str, Any]:
+    """A step as plain JSON; the manifest starts from the same document."""
     return {
         "id": step.id,
         "kind": step.kind.value,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +35,14 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float = 90) -> str:
+    """Read a child's merged output line by line until `marker` shows up; fail if it exits first."""
+    assert process.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while marker not in seen:
+        assert time.monotonic() < deadline and process.poll() is None, seen
+        seen += process.stdout.readline()
+    return seen

@@ -12,6 +12,7 @@ from pathlib import Path
 from farm.settings import Settings
 from farm.supervisor import flower_credentials, free_port
 from tests.conftest import EXAMPLE
+from tests.integration.conftest import read_until
 from workers.media import probe
 
 
@@ -81,17 +82,12 @@ def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
         text=True,
     ) as process:
-        assert process.stdout is not None
-        seen = ""
-        deadline = time.monotonic() + 90
-        while "flower " not in seen:
-            assert time.monotonic() < deadline and process.poll() is None, seen
-            seen += process.stdout.readline()
+        seen = read_until(process, "flower ")
         children = descendants(process.pid)
         assert len(children) >= 5, "redis-server, three workers (with pool children) and flower"
         process.send_signal(signal.SIGINT)
         assert process.wait(90) == 0
-        seen += process.stdout.read()
+        seen += process.stdout.read() if process.stdout else ""
     assert "farm stopped" in seen
     time.sleep(0.5)
     assert [pid for pid in children if alive(pid)] == []

@@ -30,6 +30,7 @@ from farm.validate import load_episode
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from tests.conftest import Doc
+from tests.integration.conftest import read_until
 from workers.media import probe
 
 FLOWER_PASSWORD = "flower-test-password"
@@ -243,12 +244,6 @@ def test_worker_command_runs_one_pool_in_the_foreground(farm: RunningFarm) -> No
         stderr=subprocess.STDOUT,
         text=True,
     ) as process:
-        assert process.stdout is not None
-        seen = ""
-        deadline = time.monotonic() + 60
-        while " ready." not in seen:
-            assert time.monotonic() < deadline and process.poll() is None, seen
-            seen += process.stdout.readline()
-        assert "gpu" in seen
+        assert "gpu" in read_until(process, " ready.")
         process.terminate()
         assert process.wait(60) == 0
