@@ -162,8 +162,8 @@ def _submit(
         runs,
         sender,
         the_plan,
-        backend=settings.engine,
-        namespace=namespace_for(settings.engine),
+        backend=settings.backend(),
+        namespace=namespace_for(settings.backend()),
         output=out or settings.output,
         storyboard=str(storyboard.resolve()),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,31 @@ from farm.storage import ArtifactStore
 MANIFEST_FORMAT = 1
 
 
+@dataclass(frozen=True)
+class _RunData:
+    """Everything Redis knows about a run, read once."""
+
+    meta: dict[str, str]
+    states: dict[str, str]
+    info: dict[str, dict[str, Any]]
+    deliveries: dict[str, int]
+    counters: dict[str, dict[str, int]]
+    backends: dict[str, str]
+
+
 def build_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> dict[str, Any]:
     meta = runs.meta(run_id)
     steps = runs.steps(run_id)
-    states = runs.states(run_id)
     info = runs.info(run_id)
-    deliveries = runs.deliveries(run_id)
-    rows = [
-        _step_row(s, states.get(s.id, ""), info.get(s.id, {}), deliveries.get(s.id, 0), meta, store)
-        for s in steps.values()
-    ]
+    data = _RunData(
+        meta,
+        runs.states(run_id),
+        info,
+        runs.deliveries(run_id),
+        runs.counters(run_id),
+        runs.backend_overrides(run_id),
+    )
+    rows = [_step_row(s, data, store) for s in steps.values()]
     estimated = sum((s.cost_usd for s in steps.values()), Decimal(0))
     actual = sum(
         (Decimal(str(info.get(s.id, {}).get("actual_cost_usd", "0"))) for s in steps.values()), Decimal(0)
@@ -64,27 +80,32 @@ def write_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> Path:
         os.fsync(handle.fileno())
     os.replace(tmp, target)
     store.put_file(manifest_key(meta["namespace"], run_id), target)
+    runs.r.hset(runs.key(run_id), "manifest", str(target))
     return target
 
 
-def _step_row(
-    step: Step, state: str, info: dict[str, Any], delivered: int, meta: dict[str, str], store: ArtifactStore
-) -> dict[str, Any]:
+def _step_row(step: Step, data: _RunData, store: ArtifactStore) -> dict[str, Any]:
+    info = data.info.get(step.id, {})
+    counters = data.counters.get(step.id, {})
     started, finished = info.get("started_at"), info.get("finished_at")
+    keys = output_keys(data.meta["namespace"], step)
     return {
         **step_document(step),
-        "backend": backend_for(step.kind, meta.get("backend", "local")),
+        "backend": data.backends.get(step.id) or backend_for(step.kind, data.meta.get("backend", "local")),
         "queue": info.get("queue"),
         "prompt": step.params.get("prompt"),
         "outputs": [
             {"asset_name": name, "path": path, "store": store.locate(key)}
-            for name, path, key in zip(
-                step.outputs, _paths(info, step), output_keys(meta["namespace"], step), strict=True
-            )
+            for name, path, key in zip(step.outputs, _paths(info, step), keys, strict=True)
         ],
-        "state": state,
+        "state": data.states.get(step.id, ""),
         "cached": bool(info.get("cached", False)),
-        "deliveries": delivered,
+        "deliveries": data.deliveries.get(step.id, 0),
+        "retries": counters.get("retries", 0),
+        "cap_waits": counters.get("cap_waits", 0),
+        "last_retry_reason": info.get("last_retry_reason"),
+        "fallback": info.get("fallback"),
+        "provider": info.get("metadata", {}),
         "worker": info.get("worker"),
         "timings": {
             "queued_at": info.get("queued_at"),

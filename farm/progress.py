@@ -11,6 +11,8 @@ from farm.plan import Step
 from farm.state import RunStore
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MANIFEST_GRACE_S = 30.0
+"""How long a settled run may wait for its manifest before watchers stop waiting for it."""
 DONE = ("done", "cached")
 
 
@@ -51,9 +53,15 @@ class RunProgress:
     def done(self) -> int:
         return sum(self.counts.get(s, 0) for s in DONE)
 
+    manifest: str | None = None
+    settled_for_s: float = 0.0
+
     @property
     def finished(self) -> bool:
-        return self.status in FINAL_STATUSES
+        """Settled and its manifest written (or the worker that should write it is long gone)."""
+        return self.status in FINAL_STATUSES and (
+            self.manifest is not None or self.settled_for_s > MANIFEST_GRACE_S
+        )
 
 
 def snapshot(runs: RunStore, run_id: str) -> RunProgress:
@@ -72,6 +80,8 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         total=len(steps),
         counts=dict(Counter(states.values())),
         elapsed_s=ended - created,
+        manifest=meta.get("manifest"),
+        settled_for_s=time.time() - ended if meta.get("finished_at") else 0.0,
         estimated_usd=sum((s.cost_usd for s in steps.values()), Decimal(0)),
         spent_usd=sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
         shots=[_shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches) for n in shots],

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,8 +28,18 @@ class Settings(BaseSettings):
     output: Path = Path("renders")
     """Deliverables go to <output>/<project_name>/ep_<NNN>/."""
 
-    engine: Literal["local"] = "local"
-    """Backend for image and video steps; the embedded one needs no keys and no network."""
+    engine: Literal["auto", "local", "fal"] = "auto"
+    """Backend for image and video steps: auto = fal when a FAL_KEY is configured, else the embedded one."""
+    fal_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("FARM_FAL_KEY", "FAL_KEY"))
+    fal_url: str | None = None
+    """Point the fal client at another server (the loopback emulator); the real hosts when unset."""
+    fal_max_in_flight: int = 10
+    """The account's concurrent request cap, held across every cloud worker and machine."""
+    fal_poll_interval_s: float = 0.5
+    fal_max_retries: int = 8
+    """Transient failures (5xx, 429, timeouts) retried per step, with exponential backoff and jitter."""
+    fal_request_timeout_s: float = 1800.0
+    """A request still not done after this long is given up (and cancelled at fal)."""
 
     store: Literal["local", "s3"] = "local"
     store_root: Path | None = None
@@ -49,9 +59,17 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 2
     max_deliveries: int = 3
     """A step whose worker dies this many times fails instead of being requeued forever."""
+    time_limit_scale: float = 1.0
+    """Scales every step's time limits and the broker's visibility timeout together (tests shrink them)."""
 
     def artifacts_root(self) -> Path:
         return self.store_root or self.home / "artifacts"
+
+    def backend(self) -> str:
+        """The backend image and video steps run on."""
+        if self.engine == "auto":
+            return "fal" if self.fal_key is not None else "local"
+        return self.engine
 
 
 def load_settings() -> Settings:

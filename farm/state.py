@@ -9,6 +9,8 @@ Keys, all under `farm:run:<run id>`:
   :dependents   hash step id -> JSON list of the steps that consume its outputs
   :deliveries   hash step id -> how many times a worker started it
   :info         hash "<step id>:<field>" -> timings, worker, cached flag, cost, error
+  :counters     hash "<step id>:<name>" -> retries, cap waits
+  :backend      hash step id -> backend, when a step left the run's backend (content-policy fallback)
 `active` counts queued + running steps: when it reaches zero the run has settled.
 """
 
@@ -50,6 +52,13 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur ~= 'queued' and cur ~= 'running' then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], 'running')
 return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'queued')
+redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+return 1
 """
 
 _COMPLETE = (
@@ -142,6 +151,7 @@ class RunStore:
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
         self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE)
 
     # keys ----------------------------------------------------------------------------------------
     @staticmethod
@@ -213,6 +223,29 @@ class RunStore:
         if _text(reply[0]) == "-":
             return [], ""
         return [_text(x) for x in reply[1:]], _text(reply[0])
+
+    def requeue(self, run_id: str, step_id: str) -> bool:
+        """Back to queued for a deliberate retry; the start it used does not count as a worker death."""
+        keys = [self.key(run_id, "state"), self.key(run_id, "deliveries")]
+        return bool(self._requeue(keys=keys, args=[step_id]))
+
+    def reroute(self, run_id: str, step_id: str, backend: str) -> None:
+        """From now on this step runs on `backend` (e.g. the GPU pool after a content-policy refusal)."""
+        self.r.hset(self.key(run_id, "backend"), step_id, backend)
+
+    def backend_overrides(self, run_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "backend")).items()}
+
+    def bump(self, run_id: str, step_id: str, counter: str) -> int:
+        """Increment a per-step counter (retries, cap waits) and return it."""
+        return int(self.r.hincrby(self.key(run_id, "counters"), f"{step_id}:{counter}", 1))
+
+    def counters(self, run_id: str) -> dict[str, dict[str, int]]:
+        grouped: dict[str, dict[str, int]] = defaultdict(dict)
+        for field, value in self.r.hgetall(self.key(run_id, "counters")).items():
+            step_id, _, name = _text(field).partition(":")
+            grouped[step_id][name] = int(value)
+        return dict(grouped)
 
     # info ----------------------------------------------------------------------------------------
     def set_info(self, run_id: str, step_id: str, **fields: Any) -> None:

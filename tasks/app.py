@@ -14,10 +14,11 @@ def broker_url(settings: Settings) -> str:
     return f"redis://127.0.0.1:{settings.redis_port}/0"
 
 
-def make_app(url: str) -> Celery:
+def make_app(url: str, time_limit_scale: float = 1.0) -> Celery:
     celery = Celery("farm", include=["tasks.steps"])
-    celery.conf.update(celery_config(url))
+    celery.conf.update(celery_config(url, time_limit_scale))
     return celery
 
 
-app = make_app(broker_url(load_settings()))
+_settings = load_settings()
+app = make_app(broker_url(_settings), _settings.time_limit_scale)

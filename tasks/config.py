@@ -23,15 +23,25 @@ VISIBILITY_TIMEOUT_S = max(hard for _, hard in TIME_LIMITS_S.values()) + 600
 or a slow video would be delivered twice while still running."""
 
 
+def scaled_limits(scale: float) -> tuple[dict[StepKind, tuple[int, int]], int]:
+    """Time limits and visibility timeout shrunk (or grown) together, keeping their order."""
+    limits = {
+        k: (max(1, round(soft * scale)), max(2, round(hard * scale)))
+        for k, (soft, hard) in TIME_LIMITS_S.items()
+    }
+    return limits, max(3, round(VISIBILITY_TIMEOUT_S * scale))
+
+
 def task_name(kind: StepKind) -> str:
     return f"farm.{kind.value}"
 
 
-def celery_config(broker_url: str) -> dict[str, Any]:
+def celery_config(broker_url: str, time_limit_scale: float = 1.0) -> dict[str, Any]:
+    limits, visibility = scaled_limits(time_limit_scale)
     return {
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": {"visibility_timeout": visibility},
         # JSON only: a pickled message is refused, never executed.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -53,6 +63,6 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "task_annotations": {
             task_name(kind): {"soft_time_limit": soft, "time_limit": hard}
-            for kind, (soft, hard) in TIME_LIMITS_S.items()
+            for kind, (soft, hard) in limits.items()
         },
     }

@@ -14,7 +14,7 @@ from farm.storage import ArtifactStore
 from tasks.app import app, broker_url
 from tasks.sender import CelerySender
 from workers.base import Engine
-from workers.registry import make_engine
+from workers.registry import EngineServices, make_engine
 
 
 @dataclass
@@ -27,7 +27,7 @@ class WorkerContext:
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
-            self.engines[name] = make_engine(name, self.settings)
+            self.engines[name] = make_engine(name, EngineServices(self.settings, self.runs.r))
         return self.engines[name]
 
 

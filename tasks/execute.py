@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import tempfile
 import time
@@ -13,10 +14,10 @@ from typing import NoReturn
 from farm.artifacts import input_index, output_key, output_keys
 from farm.manifest import write_manifest
 from farm.plan import Step
-from farm.routing import backend_for
+from farm.routing import backend_for, queue_for
 from farm.state import Completion
 from tasks.context import WorkerContext
-from workers.base import StepJob, StepResult
+from workers.base import ContentPolicyError, StepJob, StepResult, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +26,57 @@ class StepFailed(Exception):
     """Raised after the step is marked failed, so Flower shows the task as failed with the reason."""
 
 
+class RetryLater(Exception):
+    """The step went back to queued; the task is to be sent again after `countdown` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+class Rerouted(Exception):
+    """The step moves to another backend's queue (a content-policy refusal goes to the GPU pool)."""
+
+    def __init__(self, queue: str, reason: str) -> None:
+        super().__init__(reason)
+        self.queue = queue
+
+
+FALLBACK_BACKEND = "comfyui"
+"""The studio's uncensored fallback: ComfyUI on rented GPU pods."""
+MAX_BACKOFF_S = 60.0
+
+
 def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
-    """Return the completion (steps to release), or None when there was nothing to do."""
+    """Return the completion (steps to release), or None when there was nothing to do.
+
+    Raises RetryLater or Rerouted when the step must run again later or elsewhere, StepFailed when it failed.
+    """
     runs = ctx.runs
     started = runs.begin(run_id, step_id)
     if started < 0:
         return None  # settled already, or cancelled while queued
     if started > ctx.settings.max_deliveries:
+        limit = ctx.settings.max_deliveries
         _fail(
             ctx,
             run_id,
             step_id,
-            f"its worker died {started - 1} times while running it (limit "
-            f"{ctx.settings.max_deliveries}); not retried again",
+            f"its worker died {started - 1} times while running it (limit {limit}); not retried again",
         )
     step = runs.step(run_id, step_id)
     meta = runs.meta(run_id)
+    backend = runs.backend_overrides(run_id).get(step_id, meta["backend"])
     worker = f"{socket.gethostname()}:{os.getpid()}"
     runs.set_info(run_id, step_id, started_at=time.time(), worker=worker, delivery=started)
     try:
-        cached, result = produce(ctx, run_id, step, meta["namespace"], meta["backend"])
+        cached, result = produce(ctx, run_id, step, meta["namespace"], backend)
         paths = publish(ctx, step, meta["namespace"], Path(meta["output_dir"]))
-    except Exception as exc:  # every failure becomes a readable reason on the step
+    except ContentPolicyError as exc:
+        _reroute(ctx, run_id, step, backend, str(exc))
+    except TransientError as exc:
+        _retry_later(ctx, run_id, step, exc)
+    except Exception as exc:  # every other failure becomes a readable reason on the step
         log.exception("step %s of run %s failed", step_id, run_id)
         _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}")
     runs.set_info(
@@ -64,6 +94,31 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
     return completion
 
 
+def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientError) -> NoReturn:
+    """Bounded retries with exponential backoff and jitter; waiting for a cap slot is not a retry."""
+    if type(exc).__name__ == "CapReached":
+        ctx.runs.bump(run_id, step.id, "cap_waits")
+        countdown = exc.retry_after_s or 1.0
+    else:
+        retries = ctx.runs.bump(run_id, step.id, "retries")
+        ctx.runs.set_info(run_id, step.id, last_retry_reason=str(exc))
+        if retries > ctx.settings.fal_max_retries:
+            _fail(ctx, run_id, step.id, f"gave up after {retries - 1} retries; last error: {exc}")
+        backoff = min(MAX_BACKOFF_S, 2.0 ** (retries - 1)) * random.uniform(0.5, 1.5)
+        countdown = max(exc.retry_after_s or 0.0, backoff)
+    ctx.runs.requeue(run_id, step.id)
+    raise RetryLater(countdown, str(exc))
+
+
+def _reroute(ctx: WorkerContext, run_id: str, step: Step, backend: str, reason: str) -> NoReturn:
+    if backend == FALLBACK_BACKEND:
+        _fail(ctx, run_id, step.id, f"refused by the fallback too: {reason}")
+    ctx.runs.reroute(run_id, step.id, FALLBACK_BACKEND)
+    ctx.runs.set_info(run_id, step.id, fallback={"from": backend, "to": FALLBACK_BACKEND, "reason": reason})
+    ctx.runs.requeue(run_id, step.id)
+    raise Rerouted(queue_for(step.kind, FALLBACK_BACKEND), reason)
+
+
 def produce(
     ctx: WorkerContext, run_id: str, step: Step, namespace: str, backend: str
 ) -> tuple[bool, StepResult]:
@@ -78,7 +133,9 @@ def produce(
         inputs = fetch_inputs(ctx, run_id, step, namespace, folder)
         outputs = [folder / f"out{i}{Path(name).suffix}" for i, name in enumerate(step.outputs)]
         engine = ctx.engine(backend_for(step.kind, backend))
-        job = StepJob(step.id, step.kind.value, step.engine, step.endpoint, step.params, inputs, outputs)
+        job = StepJob(
+            step.id, step.kind.value, step.engine, step.endpoint, step.params, inputs, outputs, step.operation
+        )
         result = engine.run(job)
         for key, path in zip(keys, outputs, strict=True):
             if not path.is_file() or path.stat().st_size == 0:

@@ -11,12 +11,18 @@ from farm.plan import StepKind
 from tasks.app import app
 from tasks.config import task_name
 from tasks.context import context
-from tasks.execute import execute
+from tasks.execute import Rerouted, RetryLater, execute
 
 
 def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
     ctx = context()
-    completion = execute(ctx, run_id, step_id)
+    try:
+        completion = execute(ctx, run_id, step_id)
+    except RetryLater as later:
+        raise task.retry(countdown=later.countdown, max_retries=None) from later
+    except Rerouted as moved:
+        ctx.sender.send(run_id, ctx.runs.step(run_id, step_id), moved.queue)
+        return f"rerouted to {moved.queue}: {moved}"
     if completion is None:
         return "skipped"
     if completion.released:

@@ -47,6 +47,8 @@ class StepJob:
     """One file per plan input, in plan order (a split panel already picked for its upscale)."""
     outputs: list[Path]
     """Where to write, one path per planned output; the directory exists."""
+    operation: str = ""
+    """The card's operation (t2i, img2img, upscale, video, video_segment, ...): what it costs."""
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,10 @@ class RunningFarm:
 
     def wait(self, run_id: str, timeout_s: float = 240) -> str:
         deadline = time.monotonic() + timeout_s
-        while (status := self.runs.meta(run_id)["status"]) not in ("succeeded", "failed", "cancelled"):
-            assert time.monotonic() < deadline, f"run {run_id} still {status}: {snapshot(self.runs, run_id)}"
+        while not (progress := snapshot(self.runs, run_id)).finished:
+            assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress}"
             time.sleep(0.2)
-        return status
+        return progress.status
 
 
 @pytest.fixture(scope="module")

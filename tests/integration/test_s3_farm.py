@@ -14,6 +14,7 @@ import redis
 
 from farm import dispatch
 from farm.plan import build_plan
+from farm.progress import snapshot
 from farm.settings import Settings
 from farm.state import RunStore
 from farm.supervisor import free_port, start_farm, stop_farm
@@ -58,7 +59,7 @@ def test_a_run_stores_every_output_in_s3(
             storyboard="small.json",
         )
         deadline = time.monotonic() + 120
-        while runs.meta(run_id)["status"] == "running":
+        while not snapshot(runs, run_id).finished:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert runs.meta(run_id)["status"] == "succeeded"
