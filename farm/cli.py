@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 import typer
@@ -235,9 +236,33 @@ def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")
     console.print(table)
 
 
+FalEmulatorOpt = Annotated[
+    bool, typer.Option("--fal-emulator", help="Run image and video steps on a loopback fal.ai emulator.")
+]
+FalScaleOpt = Annotated[
+    float, typer.Option(help="Emulated fal latency as a fraction of the cards' typical ones.")
+]
+
+
+def _use_fal_emulator(latency_scale: float) -> Any:
+    """Start the loopback fal emulator and point this process and its children at it."""
+    from workers.emulators.fal_server import FalEmulator
+
+    key = secrets.token_urlsafe(18)
+    emulator = FalEmulator(latency_scale=latency_scale, key=key).start()
+    os.environ.update({"FARM_ENGINE": "fal", "FAL_KEY": key, "FARM_FAL_URL": emulator.url})
+    console.print(f"fal     emulator on {emulator.url} (latency x{latency_scale:g})")
+    return emulator
+
+
 @app.command()
-def up(flower: Annotated[bool, typer.Option(help="Also start Flower on 127.0.0.1.")] = True) -> None:
+def up(
+    flower: Annotated[bool, typer.Option(help="Also start Flower on 127.0.0.1.")] = True,
+    fal_emulator: FalEmulatorOpt = False,
+    fal_latency_scale: FalScaleOpt = 0.05,
+) -> None:
     """Start Redis (unless FARM_REDIS_URL), one worker per queue and Flower; Ctrl-C stops them warmly."""
+    emulator = _use_fal_emulator(fal_latency_scale) if fal_emulator else None
     settings = load_settings()
     farm = start_farm(settings, flower=flower)
     _announce(farm)
@@ -254,6 +279,8 @@ def up(flower: Annotated[bool, typer.Option(help="Also start Flower on 127.0.0.1
     finally:
         console.print("stopping: workers finish their current step first...")
         stop_farm(farm)
+        if emulator is not None:
+            emulator.stop()
         console.print("farm stopped")
 
 
@@ -269,9 +296,16 @@ def worker(queue: Annotated[str, typer.Option("--queue", "-q", help=f"One of {',
 
 
 @app.command()
-def render(storyboard: StoryboardArg, registry: RegistryOpt = None, out: OutOpt = None) -> None:
+def render(
+    storyboard: StoryboardArg,
+    registry: RegistryOpt = None,
+    out: OutOpt = None,
+    fal_emulator: FalEmulatorOpt = False,
+    fal_latency_scale: FalScaleOpt = 0.05,
+) -> None:
     """Render an episode start to finish on a private embedded farm, then shut it down."""
     _load(storyboard, registry)  # bad input: problems listed, exit 2, nothing started
+    emulator = _use_fal_emulator(fal_latency_scale) if fal_emulator else None
     base = load_settings()
     with tempfile.TemporaryDirectory(prefix="farm-render-") as private:
         settings = base.model_copy(update={"redis_url": None, "flower_port": free_port()})
@@ -286,6 +320,8 @@ def render(storyboard: StoryboardArg, registry: RegistryOpt = None, out: OutOpt 
             episode_step = next(s for s in runs.steps(run_id).values() if s.shot is None)
         finally:
             stop_farm(farm)
+            if emulator is not None:
+                emulator.stop()
     if final.status != "succeeded":
         raise typer.Exit(FAILED)
     print(f"episode: {folder / episode_step.asset_name}")

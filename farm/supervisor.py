@@ -84,7 +84,7 @@ def start_farm(
         farm.env = _child_env(settings, farm.broker_url)
         farm.log_dir.mkdir(parents=True, exist_ok=True)
         for queue in queues:
-            farm.workers[queue] = _start_worker(farm, queue)
+            farm.workers[queue] = start_worker(farm, queue)
         if flower:
             _start_flower(farm)
         for queue in queues:
@@ -182,9 +182,9 @@ def _spawn(
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
 
 
-def _start_worker(farm: Farm, queue: str) -> subprocess.Popen[bytes]:
+def start_worker(farm: Farm, queue: str) -> subprocess.Popen[bytes]:
+    """Start (or restart) the worker of one queue; its log continues in worker-<queue>.log."""
     log_path = farm.log_dir / f"worker-{queue}.log"
-    log_path.write_bytes(b"")
     name = f"{queue}.{secrets.token_hex(3)}@%h"
     return _spawn(farm, worker_command(queue, farm.settings, name), log_path.name)
 

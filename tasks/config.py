@@ -23,13 +23,20 @@ VISIBILITY_TIMEOUT_S = max(hard for _, hard in TIME_LIMITS_S.values()) + 600
 or a slow video would be delivered twice while still running."""
 
 
+MIN_SOFT_S = 20
+
+
 def scaled_limits(scale: float) -> tuple[dict[StepKind, tuple[int, int]], int]:
-    """Time limits and visibility timeout shrunk (or grown) together, keeping their order."""
-    limits = {
-        k: (max(1, round(soft * scale)), max(2, round(hard * scale)))
-        for k, (soft, hard) in TIME_LIMITS_S.items()
-    }
-    return limits, max(3, round(VISIBILITY_TIMEOUT_S * scale))
+    """Time limits and visibility timeout shrunk (or grown) together, keeping their order.
+
+    Limits never drop below 20 s soft / 25 s hard, so a shrunk farm (tests) still has time for real work.
+    """
+    limits = {}
+    for kind, (soft, hard) in TIME_LIMITS_S.items():
+        scaled_soft = max(MIN_SOFT_S, round(soft * scale))
+        limits[kind] = (scaled_soft, max(scaled_soft + 5, round(hard * scale)))
+    longest = max(hard for _, hard in limits.values())
+    return limits, max(longest + 10, round(VISIBILITY_TIMEOUT_S * scale))
 
 
 def task_name(kind: StepKind) -> str:

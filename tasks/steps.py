@@ -19,7 +19,7 @@ def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
     try:
         completion = execute(ctx, run_id, step_id)
     except RetryLater as later:
-        raise task.retry(countdown=later.countdown, max_retries=None) from later
+        raise task.retry(countdown=later.countdown) from later
     except Rerouted as moved:
         ctx.sender.send(run_id, ctx.runs.step(run_id, step_id), moved.queue)
         return f"rerouted to {moved.queue}: {moved}"
@@ -40,7 +40,8 @@ def _register(kind: StepKind) -> Task[Any, Any]:
         return _run_step(self, run_id, step_id)
 
     run.__name__ = run.__qualname__ = f"run_{kind.value}"
-    task: Task[Any, Any] = app.task(name=task_name(kind), bind=True)(run)
+    # Retries are bounded by the executor (per kind of failure), not by Celery's default of three.
+    task: Task[Any, Any] = app.task(name=task_name(kind), bind=True, max_retries=None)(run)
     return task
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fal_client
 import httpx
@@ -34,6 +35,9 @@ from workers.fal_outputs import save_outputs
 from workers.fal_payloads import build_payload
 
 SUBMIT_TIMEOUT_S = 30.0
+T = TypeVar("T")
+POLL_ATTEMPTS = 8
+"""Consecutive failed polls tolerated in place before the step is handed back for a later retry."""
 RETRY_STATUSES = frozenset({408, 409, 429, 502, 503, 504})
 
 
@@ -107,6 +111,8 @@ class FalEngine:
         self.client = fal_client.SyncClient(key=key)
         self.submitter = _SubmitOnceClient(key=key, default_timeout=SUBMIT_TIMEOUT_S)
         self.claim_grace_s = 2 * SUBMIT_TIMEOUT_S
+        self.poll_errors = 0
+        """Failed polls absorbed since this engine started (a gauge for ops, not per step)."""
 
     def run(self, job: StepJob) -> StepResult:
         endpoint = _endpoint(job)
@@ -170,41 +176,59 @@ class FalEngine:
     # waiting and fetching ------------------------------------------------------------------------
 
     def _finish(self, job: StepJob, endpoint: str, request_id: str, notes: dict[str, Any]) -> StepResult:
-        try:
-            self._wait(job, endpoint, request_id)
-            result = self.client.result(endpoint, request_id)
-        except FalClientHTTPError as exc:
-            error = _translate(exc)
-            if isinstance(error, TransientError) and exc.status_code >= 500:
-                self._abandon(job)  # the request failed at fal: a later attempt submits anew
-            elif not isinstance(error, TransientError):
-                self.cap.release(job.step_id)
-            raise error from exc
-        except httpx.HTTPError as exc:
-            raise TransientError(f"polling fal failed: {exc}") from exc
+        done = self._guarded(job, lambda: self._wait(job, endpoint, request_id), failed_at_fal=False)
+        fetch = lambda: self._retrying(lambda: self.client.result(endpoint, request_id))  # noqa: E731
+        result = self._guarded(job, fetch, failed_at_fal=bool(done.error))
         try:
             checks = save_outputs(job, result)
         finally:
             self.cap.release(job.step_id)
         record = self.book.get(job.step_id)
-        return StepResult(
-            cost_usd=_price(job),
-            metadata={
-                "request_id": request_id,
-                "endpoint": endpoint,
-                "paid_submits": record.attempts if record else 1,
-                **notes,
-                **checks,
-            },
-        )
+        metadata = {
+            "request_id": request_id,
+            "endpoint": endpoint,
+            "paid_submits": record.attempts if record else 1,
+        }
+        return StepResult(cost_usd=_price(job), metadata={**metadata, **notes, **checks})
 
-    def _wait(self, job: StepJob, endpoint: str, request_id: str) -> None:
+    def _guarded(self, job: StepJob, call: Callable[[], T], *, failed_at_fal: bool) -> T:
+        """Run a poll or fetch, translating its failure into the farm's error tree."""
+        try:
+            return call()
+        except FalClientHTTPError as exc:
+            error = _translate(exc)
+            if not isinstance(error, TransientError):
+                self.cap.release(job.step_id)
+            elif failed_at_fal:
+                self._abandon(job)  # fal reports the request itself failed: a later attempt submits anew
+            raise error from exc
+        except httpx.HTTPError as exc:
+            raise TransientError(f"polling fal failed: {exc}") from exc
+
+    def _wait(self, job: StepJob, endpoint: str, request_id: str) -> Completed:
         deadline = time.monotonic() + self.settings.fal_request_timeout_s
-        while not isinstance(self.client.status(endpoint, request_id), Completed):
+        while not isinstance(
+            status := self._retrying(lambda: self.client.status(endpoint, request_id)), Completed
+        ):
             self.cap.renew(job.step_id)
             if time.monotonic() > deadline:
                 self._give_up(job, endpoint, request_id)
             time.sleep(self.settings.fal_poll_interval_s)
+        return status
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """Polls and result fetches are free and idempotent: retried here rather than by redelivery."""
+        for attempt in range(1, POLL_ATTEMPTS + 1):
+            try:
+                return call()
+            except (httpx.HTTPError, FalClientHTTPError) as exc:
+                if isinstance(exc, FalClientHTTPError) and exc.status_code < 500 and exc.status_code != 429:
+                    raise
+                self.poll_errors += 1
+                if attempt == POLL_ATTEMPTS:
+                    raise
+                time.sleep(min(10.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
 
     def _give_up(self, job: StepJob, endpoint: str, request_id: str) -> None:
         try:

@@ -64,6 +64,8 @@ ENDPOINTS = IMAGE_ENDPOINTS | {SEEDVR, WAN}
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 QUEUE_SHARE = 0.1
 """The first 10% of a request's latency is spent IN_QUEUE, the rest IN_PROGRESS."""
+POLL_INTERVAL_S = 0.05
+"""How often the serving thread checks for shutdown: `stop()` returns within about this long."""
 DEFAULT_LATENCY_S = 5.0
 """Used only if an emulated endpoint has no engine card (the cards name all five today)."""
 
@@ -615,7 +617,9 @@ class FalEmulator:
         self._url = f"http://127.0.0.1:{server.server_address[1]}"
         self.store = FileStore(self._workdir / "files", self._url)
         self.renderer = Renderer(self.store, self._workdir / "inputs", self.nsfw_keyword)
-        self._thread = threading.Thread(target=server.serve_forever, name="fal-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(POLL_INTERVAL_S,), name="fal-emulator", daemon=True
+        )
         self._thread.start()
         return self
 

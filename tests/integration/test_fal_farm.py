@@ -1,0 +1,215 @@
+"""The sample episode through the fal.ai emulator: real fal-client, real Celery workers, real Redis.
+
+The emulator's ledger counts accepted submits per payload, so the tests can prove that no paid step was
+submitted twice, whatever is injected: worker kills, 5xx, 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import redis
+
+from farm import dispatch
+from farm.plan import Plan, build_plan
+from farm.progress import snapshot
+from farm.settings import Settings
+from farm.state import RunStore
+from farm.supervisor import Farm, free_port, start_farm, start_worker, stop_farm
+from farm.validate import load_episode
+from tasks.app import make_app
+from tasks.sender import CelerySender
+from tests.conftest import Doc
+from workers.emulators.fal_server import FalEmulator, Faults
+
+FAL_KEY = "fal-test-key-5bd1c0ffee-do-not-leak"
+TIME_LIMIT_SCALE = 0.02
+"""Shrinks the visibility timeout to 48 s, so a killed worker's steps come back within a test."""
+
+
+@dataclass
+class FalFarm:
+    farm: Farm
+    emulator: FalEmulator
+    runs: RunStore
+    sender: CelerySender
+    redis: redis.Redis
+    out: Path
+
+    def submit(self, storyboard: Path) -> tuple[str, Plan]:
+        plan = build_plan(load_episode(storyboard))
+        run_id = dispatch.submit(
+            self.runs,
+            self.sender,
+            plan,
+            backend="fal",
+            namespace="render",
+            output=self.out,
+            storyboard=str(storyboard),
+        )
+        return run_id, plan
+
+    def wait(self, run_id: str, timeout_s: float = 300) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not (progress := snapshot(self.runs, run_id)).finished:
+            assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress.counts}"
+            time.sleep(0.25)
+        return progress.status
+
+
+@pytest.fixture(scope="module")
+def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
+    home = tmp_path_factory.mktemp("fal-home")
+    emulator = FalEmulator(latency_scale=0.01, key=FAL_KEY).start()
+    env = {
+        "FARM_HOME": str(home),
+        "FAL_KEY": FAL_KEY,
+        "FARM_FAL_URL": emulator.url,
+        "FARM_ENGINE": "fal",
+        "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
+        "FARM_FAL_POLL_INTERVAL_S": "0.1",
+        "FARM_FAL_MAX_IN_FLIGHT": "6",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    with mock.patch.dict(os.environ, env):
+        farm = start_farm(
+            Settings(),
+            queues=("cloud", "post"),
+            flower=False,
+            redis_port=free_port(),
+            private_dir=home / "private",
+        )
+    client = redis.Redis.from_url(farm.broker_url)
+    try:
+        yield FalFarm(
+            farm, emulator, RunStore(client), CelerySender(make_app(farm.broker_url)), client, home / "out"
+        )
+    finally:
+        stop_farm(farm)
+        emulator.stop()
+
+
+def write_episode(folder: Path, storyboard: Doc, registry: Doc) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lora_registry.json").write_text(json.dumps(registry))
+    path = folder / "storyboard.json"
+    path.write_text(json.dumps(storyboard))
+    return path
+
+
+def variant(sample_doc: Doc, project: str) -> Doc:
+    """The sample under another project code: every seed, so every step id, changes."""
+    doc = copy.deepcopy(sample_doc)
+    doc["project"] = project
+    return doc
+
+
+def paid_steps(plan: Plan) -> list[str]:
+    return [s.id for s in plan.steps if s.cost_usd > 0]
+
+
+def assert_one_submit_per_paid_step(emulator: FalEmulator, plan: Plan) -> None:
+    counts = emulator.submits_by_payload()
+    seeds = {s.params["seed"]: s for s in plan.steps if s.cost_usd > 0}
+    mine = [e for e in emulator.ledger() if e["payload"].get("seed") in seeds]
+    assert len(mine) == len(seeds), f"{len(mine)} submits for {len(seeds)} paid steps"
+    assert all(counts[e["payload_sha256"]] == 1 for e in mine)
+
+
+def test_sample_renders_through_fal_with_one_submit_per_paid_step(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    path = write_episode(tmp_path, variant(sample_doc, "FAL"), registry_doc)
+    run_id, plan = fal_farm.submit(path)
+    assert fal_farm.wait(run_id) == "succeeded", snapshot(fal_farm.runs, run_id).failures
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan)
+    manifest = json.loads(Path(fal_farm.runs.meta(run_id)["manifest"]).read_text())
+    assert manifest["cost_usd"]["actual"] == pytest.approx(1.557)
+    video = next(r for r in manifest["steps"] if r["kind"] == "video")
+    assert video["backend"] == "fal" and video["provider"]["request_id"]
+    assert video["provider"]["endpoint"] == "fal-ai/wan/v2.2-a14b/image-to-video/lora"
+
+
+def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_submits(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    path = write_episode(tmp_path, variant(sample_doc, "KIL"), registry_doc)
+    fal_farm.emulator.latency_scale = 0.05  # videos take ~7 s: long enough to be caught in flight
+    try:
+        run_id, plan = fal_farm.submit(path)
+        videos = {s.id for s in plan.steps if s.kind.value == "video"}
+        deadline = time.monotonic() + 120
+        while not any(fal_farm.runs.states(run_id).get(v) == "running" for v in videos):
+            assert time.monotonic() < deadline, "no video step started"
+            time.sleep(0.1)
+        time.sleep(0.5)  # let the submit land
+        cloud = fal_farm.farm.workers["cloud"]
+        cloud.send_signal(signal.SIGKILL)
+        cloud.wait()
+        fal_farm.farm.workers["cloud"] = start_worker(fal_farm.farm, "cloud")
+        assert fal_farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(fal_farm.runs, run_id).failures
+    finally:
+        fal_farm.emulator.latency_scale = 0.01
+    assert max(fal_farm.runs.deliveries(run_id).values()) >= 2, "some step was redelivered after the kill"
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan)
+
+
+def test_5xx_and_429_storms_are_retried_boundedly_and_counted(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    path = write_episode(tmp_path, variant(sample_doc, "ERR"), registry_doc)
+    fal_farm.emulator.set_faults(
+        Faults(
+            submit_5xx_rate=0.2, submit_429_rate=0.1, poll_5xx_rate=0.2, poll_429_rate=0.1, retry_after_s=0.5
+        )
+    )
+    try:
+        run_id, plan = fal_farm.submit(path)
+        assert fal_farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(fal_farm.runs, run_id).failures
+    finally:
+        fal_farm.emulator.set_faults(Faults())
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan)
+    manifest = json.loads(Path(fal_farm.runs.meta(run_id)["manifest"]).read_text())
+    retries = [r["retries"] for r in manifest["steps"]]
+    assert sum(retries) > 0, "with 30% of submits refused some steps must have been retried"
+    assert max(retries) <= 8
+
+
+def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    doc = variant(sample_doc, "CPV")
+    doc["shots"] = [s for s in doc["shots"] if s["shot"] == 6]
+    doc["shots"][0]["first_frame"] += " FORBIDDENWORD"
+    run_id, plan = fal_farm.submit(write_episode(tmp_path, doc, registry_doc))
+    t2i = next(s for s in plan.steps if s.kind.value == "t2i")
+    deadline = time.monotonic() + 60
+    while "fallback" not in fal_farm.runs.info(run_id).get(t2i.id, {}):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    fallback = fal_farm.runs.info(run_id)[t2i.id]["fallback"]
+    assert fallback["to"] == "comfyui" and "content" in fallback["reason"]
+    assert fal_farm.runs.states(run_id)[t2i.id] == "queued"
+    assert fal_farm.redis.llen("gpu") == 1, "the step waits on the gpu queue for the GPU pool"
+    dispatch.cancel(fal_farm.runs, fal_farm.sender, run_id)
+
+
+def test_the_fal_key_appears_nowhere(fal_farm: FalFarm) -> None:
+    """After the runs above: logs, every Redis value, the queues and the manifests never hold the key."""
+    for log in fal_farm.farm.log_dir.glob("*.log"):
+        assert FAL_KEY not in log.read_text(errors="replace"), log
+    for key in fal_farm.redis.scan_iter("*"):
+        kind = fal_farm.redis.type(key)
+        dump = fal_farm.redis.dump(key) or b""
+        assert FAL_KEY.encode() not in dump, (key, kind)
+    for manifest in fal_farm.out.rglob("manifest.json"):
+        assert FAL_KEY not in manifest.read_text()
