@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXAMPLE := examples/lighthouse/storyboard_ep_001.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo clean
+.PHONY: help setup test lint demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,9 @@ lint: setup ## ruff + mypy
 demo: setup ## Render the example episode end to end on the embedded engine
 	$(BIN)/farm estimate $(EXAMPLE)
 	$(BIN)/farm render $(EXAMPLE)
+
+bench: setup ## Run the benchmarks and write docs/benchmarks.md
+	$(BIN)/python -m tests.benchmarks.run
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

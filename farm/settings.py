@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     """Without one, a password is generated once, kept in <home>/flower.json and printed by `farm up`."""
 
     post_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2)
-    cloud_concurrency: int = 50
+    cloud_concurrency: int = 128
+    """Threads in one cloud worker: each waits on a fal request (see docs/benchmarks.md)."""
     gpu_concurrency: int = 2
     max_deliveries: int = 3
     """A step whose worker dies this many times fails instead of being requeued forever."""

@@ -121,7 +121,7 @@ for i = 1, #all, 2 do
   end
 end
 local outcome = ''
-if redis.call('HINCRBY', run, 'active', -#revoked) == 0 then outcome = finish(run, now) end
+if redis.call('HINCRBY', run, 'active', 0 - #revoked) == 0 then outcome = finish(run, now) end
 return {outcome, unpack(revoked)}
 """
 )

@@ -94,3 +94,17 @@ def test_cancel_revokes_queued_and_settles_when_running_steps_end(
     assert completion.released == [], "nothing is released once cancelled"
     assert completion.outcome == "cancelled"
     assert runs.begin("r5", roots[1]) == -1, "a revoked task that still arrives does nothing"
+
+
+def test_cancel_with_nothing_queued_settles_when_the_running_steps_end(
+    client: redis.Redis, sample_path: Path
+) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    roots = runs.create("r6", plan, {})
+    for root in roots:
+        runs.begin("r6", root)
+    assert runs.cancel("r6") == ([], "")
+    for root in roots:
+        runs.complete("r6", root)
+    assert runs.meta("r6")["status"] == "cancelled"

@@ -655,6 +655,11 @@ class FalEmulator:
         with self._lock:
             return dict(Counter(entry["payload_sha256"] for entry in self._ledger))
 
+    def outstanding(self) -> int:
+        """Accepted requests whose result nobody has fetched yet: what clients hold in flight."""
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if job.result is None and not job.cancelled)
+
     def calls(self) -> dict[str, int]:
         """HTTP calls received per route (submit, status, result, cancel, token, upload, ...), faulted ones
         included: the way to count the client's retries."""
