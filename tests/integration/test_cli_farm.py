@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from farm.settings import Settings
 from farm.supervisor import flower_credentials, free_port
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, Doc
 from tests.integration.conftest import read_until
 from workers.media import probe
 
@@ -99,3 +100,36 @@ def test_flower_password_is_generated_once_and_kept_private(tmp_path: Path) -> N
     assert generated and len(password) >= 16
     assert (tmp_path / "flower.json").stat().st_mode & 0o077 == 0
     assert flower_credentials(settings) == (user, password, False)
+
+
+def test_render_with_the_fal_emulator(tmp_path: Path, sample_doc: Doc, registry_doc: Doc) -> None:
+    small = {**sample_doc, "shots": [s for s in sample_doc["shots"] if s["shot"] in (1, 6)]}
+    (tmp_path / "storyboard.json").write_text(json.dumps(small))
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "farm.cli",
+            "render",
+            str(tmp_path / "storyboard.json"),
+            "--fal-emulator",
+            "--fal-latency-scale",
+            "0.01",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=farm_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fal     emulator on http://127.0.0.1:" in result.stdout
+    manifest_path = next(
+        line[len("manifest: ") :] for line in result.stdout.splitlines() if line.startswith("manifest: ")
+    )
+    manifest = json.loads(Path(manifest_path).read_text())
+    paid = [row for row in manifest["steps"] if row["kind"] == "t2i"]
+    assert paid and all(row["backend"] == "fal" and row["provider"]["request_id"] for row in paid)
+    assert manifest["cost_usd"]["actual"] == manifest["cost_usd"]["estimated"] > 0
