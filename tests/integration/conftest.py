@@ -5,13 +5,22 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 
+from farm import dispatch
+from farm.artifacts import namespace_for
+from farm.plan import Plan, build_plan
+from farm.progress import snapshot
 from farm.redis_server import RedisServer
-from farm.supervisor import free_port
+from farm.state import RunStore
+from farm.supervisor import Farm, free_port
+from farm.validate import load_episode
+from tasks.app import make_app
+from tasks.sender import CelerySender
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +55,40 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float = 9
         assert time.monotonic() < deadline and process.poll() is None, seen
         seen += process.stdout.readline()
     return seen
+
+
+@dataclass
+class FarmHandle:
+    """A running farm as a test drives it: submit a storyboard, wait until the run has settled."""
+
+    farm: Farm
+    out: Path
+    backend: str = "local"
+    redis: redis.Redis = field(init=False)
+    runs: RunStore = field(init=False)
+    sender: CelerySender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redis = redis.Redis.from_url(self.farm.broker_url)
+        self.runs = RunStore(self.redis)
+        self.sender = CelerySender(make_app(self.farm.broker_url))
+
+    def submit(self, storyboard: Path) -> tuple[str, Plan]:
+        plan = build_plan(load_episode(storyboard))
+        run_id = dispatch.submit(
+            self.runs,
+            self.sender,
+            plan,
+            backend=self.backend,
+            namespace=namespace_for(self.backend),
+            output=self.out,
+            storyboard=str(storyboard),
+        )
+        return run_id, plan
+
+    def wait(self, run_id: str, timeout_s: float = 300) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not (progress := snapshot(self.runs, run_id)).finished:
+            assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress.counts}"
+            time.sleep(0.2)
+        return progress.status

@@ -12,23 +12,19 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
 import pytest
-import redis
 
 from farm import dispatch
-from farm.plan import Plan, build_plan
+from farm.plan import Plan
 from farm.progress import snapshot
 from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import Farm, free_port, start_farm, start_worker, stop_farm
-from farm.validate import load_episode
-from tasks.app import make_app
-from tasks.sender import CelerySender
+from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
+from tests.integration.conftest import FarmHandle
 from workers.emulators.fal_server import FalEmulator, Faults
 
 FAL_KEY = "fal-test-key-5bd1c0ffee-do-not-leak"
@@ -37,33 +33,8 @@ TIME_LIMIT_SCALE = 0.02
 
 
 @dataclass
-class FalFarm:
-    farm: Farm
-    emulator: FalEmulator
-    runs: RunStore
-    sender: CelerySender
-    redis: redis.Redis
-    out: Path
-
-    def submit(self, storyboard: Path) -> tuple[str, Plan]:
-        plan = build_plan(load_episode(storyboard))
-        run_id = dispatch.submit(
-            self.runs,
-            self.sender,
-            plan,
-            backend="fal",
-            namespace="render",
-            output=self.out,
-            storyboard=str(storyboard),
-        )
-        return run_id, plan
-
-    def wait(self, run_id: str, timeout_s: float = 300) -> str:
-        deadline = time.monotonic() + timeout_s
-        while not (progress := snapshot(self.runs, run_id)).finished:
-            assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress.counts}"
-            time.sleep(0.25)
-        return progress.status
+class FalFarm(FarmHandle):
+    emulator: FalEmulator = field(kw_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +59,8 @@ def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
             redis_port=free_port(),
             private_dir=home / "private",
         )
-    client = redis.Redis.from_url(farm.broker_url)
     try:
-        yield FalFarm(
-            farm, emulator, RunStore(client), CelerySender(make_app(farm.broker_url)), client, home / "out"
-        )
+        yield FalFarm(farm, home / "out", "fal", emulator=emulator)
     finally:
         stop_farm(farm)
         emulator.stop()

@@ -9,92 +9,54 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import httpx
 import pytest
-import redis
 from pydantic import SecretStr
 
 from farm import dispatch
-from farm.plan import Plan, build_plan
+from farm.plan import Plan
 from farm.progress import snapshot
 from farm.routing import QUEUES
 from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import Farm, free_port, start_farm, stop_farm
-from farm.validate import load_episode
-from tasks.app import make_app
-from tasks.sender import CelerySender
+from farm.supervisor import free_port, start_farm, stop_farm
 from tests.conftest import Doc
-from tests.integration.conftest import read_until
+from tests.integration.conftest import FarmHandle, read_until
 from workers.media import probe
 
 FLOWER_PASSWORD = "flower-test-password"
 
 
-@dataclass
-class RunningFarm:
-    farm: Farm
-    runs: RunStore
-    sender: CelerySender
-    out: Path
-    redis: redis.Redis
-
-    def submit(self, storyboard: Path) -> tuple[str, Plan]:
-        plan = build_plan(load_episode(storyboard))
-        run_id = dispatch.submit(
-            self.runs,
-            self.sender,
-            plan,
-            backend="local",
-            namespace="embedded",
-            output=self.out,
-            storyboard=str(storyboard),
-        )
-        return run_id, plan
-
-    def wait(self, run_id: str, timeout_s: float = 240) -> str:
-        deadline = time.monotonic() + timeout_s
-        while not (progress := snapshot(self.runs, run_id)).finished:
-            assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress}"
-            time.sleep(0.2)
-        return progress.status
-
-
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
     home = tmp_path_factory.mktemp("farm-home")
     settings = Settings(home=home, flower_port=free_port(), flower_password=SecretStr(FLOWER_PASSWORD))
     with mock.patch.dict(os.environ, {"FARM_HOME": str(home)}):
         running = start_farm(settings, redis_port=free_port(), private_dir=home / "private")
-    client = redis.Redis.from_url(running.broker_url)
     try:
-        yield RunningFarm(
-            running, RunStore(client), CelerySender(make_app(running.broker_url)), home / "out", client
-        )
+        yield FarmHandle(running, home / "out")
     finally:
         stop_farm(running)
 
 
 @pytest.fixture(scope="module")
-def first_run(farm: RunningFarm, sample_path: Path) -> tuple[str, Plan]:
+def first_run(farm: FarmHandle, sample_path: Path) -> tuple[str, Plan]:
     run_id, plan = farm.submit(sample_path)
     assert farm.wait(run_id) == "succeeded", snapshot(farm.runs, run_id).failures
     return run_id, plan
 
 
-def manifest_of(farm: RunningFarm, run_id: str) -> dict[str, Any]:
+def manifest_of(farm: FarmHandle, run_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(
         (Path(farm.runs.meta(run_id)["output_dir"]) / "manifest.json").read_text()
     )
     return doc
 
 
-def test_sample_renders_to_an_h264_portrait_episode(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+def test_sample_renders_to_an_h264_portrait_episode(farm: FarmHandle, first_run: tuple[str, Plan]) -> None:
     run_id, plan = first_run
     folder = Path(farm.runs.meta(run_id)["output_dir"])
     episode = probe(folder / "LEV_EP001_episode.mp4")
@@ -106,7 +68,7 @@ def test_sample_renders_to_an_h264_portrait_episode(farm: RunningFarm, first_run
             assert (folder / name).stat().st_size > 0, name
 
 
-def test_manifest_records_every_step_reproducibly(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+def test_manifest_records_every_step_reproducibly(farm: FarmHandle, first_run: tuple[str, Plan]) -> None:
     run_id, plan = first_run
     manifest = manifest_of(farm, run_id)
     assert manifest["status"] == "succeeded"
@@ -123,7 +85,7 @@ def test_manifest_records_every_step_reproducibly(farm: RunningFarm, first_run: 
     assert manifest["cost_usd"]["estimated"] == pytest.approx(1.557)
 
 
-def test_flower_lists_every_step_with_readable_args(farm: RunningFarm, first_run: tuple[str, Plan]) -> None:
+def test_flower_lists_every_step_with_readable_args(farm: FarmHandle, first_run: tuple[str, Plan]) -> None:
     run_id, plan = first_run
     access = farm.farm.flower_access
     assert access is not None
@@ -138,7 +100,7 @@ def test_flower_lists_every_step_with_readable_args(farm: RunningFarm, first_run
 
 
 def test_resubmitting_renders_nothing(
-    farm: RunningFarm, first_run: tuple[str, Plan], sample_path: Path
+    farm: FarmHandle, first_run: tuple[str, Plan], sample_path: Path
 ) -> None:
     run_id, _ = farm.submit(sample_path)
     assert farm.wait(run_id) == "succeeded"
@@ -147,7 +109,7 @@ def test_resubmitting_renders_nothing(
 
 
 def test_editing_one_shot_renders_only_what_changed(
-    farm: RunningFarm, first_run: tuple[str, Plan], sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+    farm: FarmHandle, first_run: tuple[str, Plan], sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
     _, before = first_run
     edited = copy.deepcopy(sample_doc)
@@ -168,7 +130,7 @@ def test_editing_one_shot_renders_only_what_changed(
 
 
 def test_bad_storyboard_enqueues_nothing(
-    farm: RunningFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+    farm: FarmHandle, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
     bad = copy.deepcopy(sample_doc)
     del bad["shots"][3]["triptych_prompt"]
@@ -192,7 +154,7 @@ def test_bad_storyboard_enqueues_nothing(
 
 
 def test_cancel_stops_releasing_and_revokes_queued(
-    farm: RunningFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+    farm: FarmHandle, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
     fresh = copy.deepcopy(sample_doc)
     fresh["project"] = "CXL"  # every seed changes: nothing can be reused
@@ -210,7 +172,7 @@ def test_cancel_stops_releasing_and_revokes_queued(
     assert farm.runs.states(run_id) == states, "nothing ran after the run settled"
 
 
-def farm_cli(farm: RunningFarm, *args: str) -> subprocess.CompletedProcess[str]:
+def farm_cli(farm: FarmHandle, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FARM_REDIS_URL": farm.farm.broker_url, "COLUMNS": "160"}
     return subprocess.run(
         [sys.executable, "-m", "farm.cli", *args], env=env, capture_output=True, text=True, timeout=120
@@ -218,7 +180,7 @@ def farm_cli(farm: RunningFarm, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_status_runs_and_submit_watch_commands(
-    farm: RunningFarm, first_run: tuple[str, Plan], sample_path: Path, tmp_path: Path
+    farm: FarmHandle, first_run: tuple[str, Plan], sample_path: Path, tmp_path: Path
 ) -> None:
     run_id, _ = first_run
     status = farm_cli(farm, "status", run_id)
@@ -234,7 +196,7 @@ def test_status_runs_and_submit_watch_commands(
     assert (tmp_path / "leviathan" / "ep_001" / "LEV_EP001_episode.mp4").exists()
 
 
-def test_worker_command_runs_one_pool_in_the_foreground(farm: RunningFarm) -> None:
+def test_worker_command_runs_one_pool_in_the_foreground(farm: FarmHandle) -> None:
     assert farm_cli(farm, "worker", "--queue", "nope").returncode == 2
     env = {**os.environ, "FARM_REDIS_URL": farm.farm.broker_url}
     with subprocess.Popen(
