@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +38,7 @@ def submit(
         "backend": backend,
         "namespace": namespace,
         "output_dir": str(deliverables_dir(output, plan).resolve()),
-        "approaches": ",".join(f"{s.shot}={s.approach}" for s in plan.shots),
+        "approaches": json.dumps({s.shot: s.approach for s in plan.shots}),
     }
     roots = runs.create(run_id, plan, meta)
     steps = {s.id: s for s in plan.steps}

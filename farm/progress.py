@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     steps = runs.steps(run_id)
     states = runs.states(run_id)
     info = runs.info(run_id)
-    approaches = {int(k): v for k, v in _approaches(meta).items()}
+    approaches = {int(k): str(v) for k, v in json.loads(meta.get("approaches", "{}")).items()}
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
     ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
@@ -132,11 +133,6 @@ def _shot_state(states: list[str], done: int) -> str:
     if "cancelled" in states:
         return "cancelled"
     return "waiting"
-
-
-def _approaches(meta: dict[str, str]) -> dict[str, str]:
-    pairs = (item.split("=", 1) for item in meta.get("approaches", "").split(",") if "=" in item)
-    return dict(pairs)
 
 
 def _actual(info: dict[str, object]) -> Decimal:
