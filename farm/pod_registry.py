@@ -1,0 +1,146 @@
+"""The GPU pool's own record of its pods, in Redis: state, price, last use, loaded model family, lease.
+
+A GPU worker holds a pod through a lease with a TTL, renewed while it works; a worker that dies stops
+renewing, the lease lapses, and the reaper sees an idle pod. The SSH endpoint is deliberately not kept:
+it changes on every resume and is always read from RunPod's API.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+PODS_KEY = "farm:pods"
+LIVE_STATES = ("starting", "running")
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'last_used', ARGV[2], 'family', ARGV[3])
+redis.call('HINCRBYFLOAT', KEYS[2], 'busy_s', ARGV[4])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    id: str
+    name: str
+    state: str
+    gpu: str
+    cost_per_hr: float
+    created_at: float
+    last_used: float
+    family: str
+    busy_s: float
+    lease_holder: str | None
+    comfy_pid: int | None
+
+    @property
+    def idle_s(self) -> float:
+        return time.time() - self.last_used if self.lease_holder is None else 0.0
+
+
+class PodRegistry:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    @staticmethod
+    def key(pod_id: str, part: str = "") -> str:
+        return f"farm:pod:{pod_id}" + (f":{part}" if part else "")
+
+    def register(
+        self, pod_id: str, name: str, *, gpu: str, cost_per_hr: float, state: str = "starting"
+    ) -> None:
+        now = time.time()
+        fields: dict[Any, Any] = {
+            "name": name,
+            "state": state,
+            "gpu": gpu,
+            "cost_per_hr": cost_per_hr,
+            "created_at": now,
+            "last_used": now,
+            "family": "",
+            "busy_s": 0,
+        }
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key(pod_id), mapping=fields)
+        pipe.sadd(PODS_KEY, pod_id)
+        pipe.execute()
+
+    def set(self, pod_id: str, **fields: Any) -> None:
+        self.r.hset(self.key(pod_id), mapping=dict(fields.items()))
+
+    def forget(self, pod_id: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.key(pod_id), self.key(pod_id, "lease"))
+        pipe.srem(PODS_KEY, pod_id)
+        pipe.execute()
+
+    # leases --------------------------------------------------------------------------------------
+    def lease(self, pod_id: str, holder: str, ttl_s: float) -> bool:
+        return bool(self.r.set(self.key(pod_id, "lease"), holder, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, pod_id: str, holder: str, ttl_s: float) -> bool:
+        return bool(self._renew(keys=[self.key(pod_id, "lease")], args=[holder, int(ttl_s * 1000)]))
+
+    def release(self, pod_id: str, holder: str, *, family: str, busy_s: float) -> bool:
+        keys = [self.key(pod_id, "lease"), self.key(pod_id)]
+        return bool(self._release(keys=keys, args=[holder, time.time(), family, busy_s]))
+
+    # reads ---------------------------------------------------------------------------------------
+    def get(self, pod_id: str) -> PodRecord | None:
+        raw = self.r.hgetall(self.key(pod_id))
+        if not raw:
+            return None
+        holder = self.r.get(self.key(pod_id, "lease"))
+        return _record(
+            pod_id, {_text(k): _text(v) for k, v in raw.items()}, _text(holder) if holder else None
+        )
+
+    def pods(self) -> list[PodRecord]:
+        records = [self.get(_text(p)) for p in sorted(self.r.smembers(PODS_KEY))]
+        return [r for r in records if r is not None]
+
+    def candidates(self, family: str) -> list[PodRecord]:
+        """Free pods in the order worth trying: warm with the same models, warm, then stopped ones."""
+        free = [p for p in self.pods() if p.lease_holder is None and p.state in ("running", "stopped")]
+        return sorted(free, key=lambda p: (p.state != "running", p.family != family, -p.last_used))
+
+    def idle(self, timeout_s: float) -> list[PodRecord]:
+        return [
+            p for p in self.pods() if p.state == "running" and p.lease_holder is None and p.idle_s > timeout_s
+        ]
+
+    def hourly_cost(self) -> float:
+        """What the pool's live pods cost per hour right now (the $/hour cap is checked against it)."""
+        return sum(p.cost_per_hr for p in self.pods() if p.state in LIVE_STATES)
+
+
+def _record(pod_id: str, h: dict[str, str], holder: str | None) -> PodRecord:
+    return PodRecord(
+        id=pod_id,
+        name=h.get("name", ""),
+        state=h.get("state", "unknown"),
+        gpu=h.get("gpu", ""),
+        cost_per_hr=float(h.get("cost_per_hr", 0)),
+        created_at=float(h.get("created_at", 0)),
+        last_used=float(h.get("last_used", 0)),
+        family=h.get("family", ""),
+        busy_s=float(h.get("busy_s", 0)),
+        lease_holder=holder,
+        comfy_pid=int(h["comfy_pid"]) if h.get("comfy_pid") else None,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

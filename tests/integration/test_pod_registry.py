@@ -1,0 +1,57 @@
+"""The GPU pool's pod records and leases against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from farm.pod_registry import PodRegistry
+
+
+def test_a_lease_has_one_holder_and_lapses_by_itself(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    pods.register("p1", "farm-gpu-1", gpu="A100 80GB", cost_per_hr=1.19, state="running")
+    assert pods.lease("p1", "worker-a", ttl_s=0.3)
+    assert not pods.lease("p1", "worker-b", ttl_s=0.3)
+    assert pods.get("p1") is not None and pods.get("p1").lease_holder == "worker-a"  # type: ignore[union-attr]
+    assert not pods.renew("p1", "worker-b", ttl_s=5), "only the holder renews"
+    time.sleep(0.4)
+    assert pods.lease("p1", "worker-b", ttl_s=5), "a dead holder's lease lapses"
+
+
+def test_release_records_last_use_family_and_busy_time(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    pods.register("p2", "farm-gpu-2", gpu="A100 80GB", cost_per_hr=1.19, state="running")
+    pods.lease("p2", "w", ttl_s=5)
+    assert not pods.release("p2", "someone-else", family="wan", busy_s=3)
+    assert pods.release("p2", "w", family="wan", busy_s=3.5)
+    record = pods.get("p2")
+    assert record is not None and record.lease_holder is None
+    assert record.family == "wan" and record.busy_s == 3.5
+
+
+def test_candidates_prefer_warm_pods_with_the_same_models(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    for pod_id, state, family in (
+        ("a", "stopped", "wan"),
+        ("b", "running", "qwen"),
+        ("c", "running", "wan"),
+        ("d", "running", "wan"),
+    ):
+        pods.register(pod_id, f"farm-gpu-{pod_id}", gpu="A100", cost_per_hr=1.19, state=state)
+        pods.set(pod_id, family=family)
+    pods.lease("d", "busy", ttl_s=5)
+    assert [p.id for p in pods.candidates("wan")] == ["c", "b", "a"]
+    assert pods.hourly_cost() == 1.19 * 3
+
+
+def test_idle_lists_running_unleased_pods_past_the_timeout(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    pods.register("old", "farm-gpu-old", gpu="A100", cost_per_hr=1.19, state="running")
+    pods.set("old", last_used=time.time() - 700)
+    pods.register("fresh", "farm-gpu-fresh", gpu="A100", cost_per_hr=1.19, state="running")
+    pods.register("held", "farm-gpu-held", gpu="A100", cost_per_hr=1.19, state="running")
+    pods.set("held", last_used=time.time() - 700)
+    pods.lease("held", "w", ttl_s=5)
+    assert [p.id for p in pods.idle(600)] == ["old"]
