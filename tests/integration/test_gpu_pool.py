@@ -1,0 +1,103 @@
+"""The GPU pool against the RunPod emulator driven by the real runpod SDK, with a real redis-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from farm.pod_registry import PodRegistry
+from workers.emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
+from workers.gpu_pool import GpuPool, PoolFull, PoolLimits
+from workers.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
+
+KEY = "pool-test-key"
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunpodEmulator]:
+    with RunpodEmulator(
+        api_key=KEY, backend=FakeBackend(), faults=RunpodFaults(runtime_delay_polls=1)
+    ) as emu:
+        yield emu
+
+
+@pytest.fixture
+def pool(emulator: RunpodEmulator, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> GpuPool:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    pods = RunpodPods(
+        KEY,
+        base_url=emulator.url,
+        spec=PodSpec(network_volume_id="vol-models", public_key="ssh-ed25519 AAAAtest farm"),
+    )
+    return GpuPool(
+        pods,
+        PodRegistry(client),
+        PoolLimits(max_pods=2, max_usd_per_hr=3.0, idle_timeout_s=0.5, lease_ttl_s=5, ssh_wait_s=10),
+    )
+
+
+def test_a_pod_is_created_with_the_farm_spec_and_its_ssh_endpoint_read(
+    pool: GpuPool, emulator: RunpodEmulator
+) -> None:
+    lease = pool.acquire("qwen", "worker-1")
+    assert lease.endpoint.host == "127.0.0.1" and lease.endpoint.port > 0
+    deploy = next(q for q in emulator.queries() if "podFindAndDeployOnDemand" in q)
+    for expected in ("NVIDIA A100 80GB PCIe", "vol-models", "22/tcp,8188/http", "/workspace", "PUBLIC_KEY"):
+        assert expected in deploy
+    assert pool.registry.get(lease.pod_id).lease_holder == "worker-1"  # type: ignore[union-attr]
+
+
+def test_warm_pods_are_reused_and_the_caps_hold(pool: GpuPool) -> None:
+    first = pool.acquire("wan", "w1")
+    pool.release(first, family="wan", busy_s=2.0)
+    again = pool.acquire("wan", "w2")
+    assert again.pod_id == first.pod_id, "a warm pod with the same models is reused"
+    second = pool.acquire("qwen", "w3")
+    assert second.pod_id != first.pod_id
+    with pytest.raises(PoolFull):
+        pool.acquire("qwen", "w4")  # two pods at $1.19/h: a third would pass the $3/h cap
+
+
+def test_idle_pods_are_stopped_and_resumed_on_a_new_ssh_port(pool: GpuPool) -> None:
+    lease = pool.acquire("qwen", "w1")
+    pool.release(lease, family="qwen", busy_s=1.0)
+    time.sleep(0.6)
+    report = pool.reap()
+    assert report.stopped_idle == [lease.pod_id]
+    assert pool.pods.get(lease.pod_id).status == "EXITED"
+    resumed = pool.acquire("qwen", "w2")
+    assert resumed.pod_id == lease.pod_id and resumed.resumed
+    assert resumed.endpoint.port != lease.endpoint.port, "the endpoint is read again after a resume"
+
+
+def test_reconcile_stops_orphans_and_forgets_vanished_pods(pool: GpuPool, emulator: RunpodEmulator) -> None:
+    orphan_id = pool.pods.create("farm-gpu-orphan")  # e.g. a worker crashed before registering it
+    kept = pool.acquire("qwen", "w1")
+    gone = pool.acquire("wan", "w2")
+    emulator.vanish(gone.pod_id)
+    report = pool.reap()
+    assert report.stopped_orphans == [orphan_id]
+    assert report.forgotten == [gone.pod_id]
+    assert pool.pods.get(orphan_id).status == "EXITED"
+    assert pool.pods.get(kept.pod_id).status == "RUNNING", "a leased pod is never stopped"
+
+
+def test_errors_are_translated(pool: GpuPool, emulator: RunpodEmulator) -> None:
+    emulator.set_faults(RunpodFaults(no_capacity=True))
+    with pytest.raises(NoCapacity, match="retry later"):
+        pool.acquire("qwen", "w1")
+    emulator.set_faults(RunpodFaults(unauthorized=True))
+    with pytest.raises(RunpodAuthError):
+        pool.pods.list()
+
+
+def test_a_pod_that_never_gets_a_runtime_is_terminated(pool: GpuPool, emulator: RunpodEmulator) -> None:
+    emulator.set_faults(RunpodFaults(never_runtime=True))
+    pool.limits = PoolLimits(ssh_wait_s=0.5, ssh_poll_s=0.05)
+    with pytest.raises(Exception, match="no SSH endpoint"):
+        pool.acquire("qwen", "w1")
+    assert emulator.pods() == {}, "a pod that never came up is not left running"
+    assert pool.registry.pods() == []

@@ -1,0 +1,154 @@
+"""The GPU pool: lease a warm pod (same models first), resume or create one within the caps, and stop
+what nobody uses. Pods cost by the hour: nothing here leaves one running without a holder for long.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from farm.pod_registry import PodRecord, PodRegistry
+from workers.base import TransientError
+from workers.pods import PodNotFound, RunpodPods
+from workers.ssh import Endpoint
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    max_pods: int = 2
+    max_usd_per_hr: float = 5.0
+    idle_timeout_s: float = 600.0
+    lease_ttl_s: float = 120.0
+    name_prefix: str = "farm-gpu"
+    expected_cost_per_hr: float = 1.19
+    """An A100 80GB's price, used to check the $/hour cap before a pod exists."""
+    ssh_wait_s: float = 300.0
+    ssh_poll_s: float = 2.0
+
+
+class PoolFull(TransientError):
+    """Every pod is busy and the caps forbid another: the step waits without holding a worker."""
+
+
+@dataclass(frozen=True)
+class PodLease:
+    pod_id: str
+    holder: str
+    endpoint: Endpoint
+    """Read from RunPod's API at acquisition: the SSH port changes on every resume."""
+    cost_per_hr: float
+    resumed: bool
+
+
+@dataclass
+class ReapReport:
+    stopped_idle: list[str]
+    stopped_orphans: list[str]
+    forgotten: list[str]
+
+
+class GpuPool:
+    def __init__(self, pods: RunpodPods, registry: PodRegistry, limits: PoolLimits | None = None) -> None:
+        self.pods = pods
+        self.registry = registry
+        self.limits = limits or PoolLimits()
+
+    def acquire(self, family: str, holder: str) -> PodLease:
+        for candidate in self.registry.candidates(family):
+            if self.registry.lease(candidate.id, holder, self.limits.lease_ttl_s):
+                lease = self._ready(candidate, holder)
+                if lease is not None:
+                    return lease
+        if not self._may_create():
+            raise PoolFull(
+                "every GPU pod is busy and the pool is at its pod or $/hour cap", retry_after_s=5.0
+            )
+        return self._create(holder)
+
+    def renew(self, lease: PodLease) -> bool:
+        return self.registry.renew(lease.pod_id, lease.holder, self.limits.lease_ttl_s)
+
+    def release(self, lease: PodLease, *, family: str, busy_s: float) -> None:
+        self.registry.release(lease.pod_id, lease.holder, family=family, busy_s=busy_s)
+
+    def start_new(self) -> str:
+        """`farm pods up`: one more pod now, within the caps."""
+        if not self._may_create():
+            raise PoolFull("the pool is at its pod or $/hour cap")
+        holder = f"ops-{secrets.token_hex(3)}"
+        lease = self._create(holder)
+        self.release(lease, family="", busy_s=0.0)
+        return lease.pod_id
+
+    def stop(self, pod_id: str) -> None:
+        self.pods.stop(pod_id)
+        self.registry.set(pod_id, state="stopped", stopped_at=time.time())
+
+    def terminate(self, pod_id: str) -> None:
+        self.pods.terminate(pod_id)
+        self.registry.forget(pod_id)
+
+    def reap(self) -> ReapReport:
+        """Stop idle pods; reconcile with RunPod: stop live pods nobody knows, forget vanished ones."""
+        report = ReapReport([], [], [])
+        for record in self.registry.idle(self.limits.idle_timeout_s):
+            self.stop(record.id)
+            report.stopped_idle.append(record.id)
+        at_runpod = {p.id: p for p in self.pods.list(self.limits.name_prefix)}
+        known = {p.id: p for p in self.registry.pods()}
+        for pod_id, info in at_runpod.items():
+            mine = known.get(pod_id)
+            orphan = mine is None or (mine.state == "stopped" and mine.lease_holder is None)
+            if orphan and info.status == "RUNNING":
+                self.pods.stop(pod_id)
+                report.stopped_orphans.append(pod_id)
+        for pod_id in set(known) - set(at_runpod):
+            self.registry.forget(pod_id)
+            report.forgotten.append(pod_id)
+        return report
+
+    # internals -------------------------------------------------------------------------------------
+
+    def _ready(self, record: PodRecord, holder: str) -> PodLease | None:
+        """Bring a leased pod to running and read its current SSH endpoint; None if it is gone."""
+        try:
+            resumed = record.state != "running"
+            if resumed:
+                self.registry.set(record.id, state="starting")
+                self.pods.resume(record.id)
+            endpoint = self.pods.wait_for_ssh(record.id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)
+        except PodNotFound:
+            self.registry.forget(record.id)
+            return None
+        self.registry.set(record.id, state="running", started_at=time.time())
+        return PodLease(record.id, holder, endpoint, record.cost_per_hr, resumed)
+
+    def _may_create(self) -> bool:
+        live = [p for p in self.registry.pods() if p.state in ("starting", "running")]
+        within_cost = (
+            self.registry.hourly_cost() + self.limits.expected_cost_per_hr <= self.limits.max_usd_per_hr
+        )
+        return (
+            len(self.registry.pods()) < self.limits.max_pods
+            and len(live) < self.limits.max_pods
+            and within_cost
+        )
+
+    def _create(self, holder: str) -> PodLease:
+        name = f"{self.limits.name_prefix}-{secrets.token_hex(4)}"
+        pod_id = self.pods.create(name)
+        self.registry.register(
+            pod_id, name, gpu=self.pods.spec.gpu_type, cost_per_hr=self.limits.expected_cost_per_hr
+        )
+        self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
+        try:
+            endpoint = self.pods.wait_for_ssh(pod_id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)
+        except TransientError:
+            self.terminate(pod_id)  # never keep paying for a pod that did not come up
+            raise
+        info = self.pods.get(pod_id)
+        self.registry.set(
+            pod_id, state="running", started_at=time.time(), cost_per_hr=info.cost_per_hr, gpu=info.gpu
+        )
+        return PodLease(pod_id, holder, endpoint, info.cost_per_hr, resumed=False)
