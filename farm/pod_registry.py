@@ -144,3 +144,21 @@ def _record(pod_id: str, h: dict[str, str], holder: str | None) -> PodRecord:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RegistryKnownHosts:
+    """Pinned SSH host keys kept with each pod's record, so every GPU worker on every machine agrees."""
+
+    def __init__(self, registry: PodRegistry) -> None:
+        self.registry = registry
+
+    def get(self, pod_id: str) -> str | None:
+        raw = self.registry.r.hget(self.registry.key(pod_id), "host_key")
+        return _text(raw) if raw is not None else None
+
+    def pin(self, pod_id: str, key: str) -> None:
+        self.registry.r.hset(self.registry.key(pod_id), "host_key", key)
+
+    def forget(self, pod_id: str) -> None:
+        """After our own resume: a fresh container brings a fresh host key, pinned again on first contact."""
+        self.registry.r.hdel(self.registry.key(pod_id), "host_key")

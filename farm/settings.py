@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     output: Path = Path("renders")
     """Deliverables go to <output>/<project_name>/ep_<NNN>/."""
 
-    engine: Literal["auto", "local", "fal"] = "auto"
+    engine: Literal["auto", "local", "fal", "comfyui"] = "auto"
     """Backend for image and video steps: auto = fal when a FAL_KEY is configured, else the embedded one."""
     fal_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("FARM_FAL_KEY", "FAL_KEY"))
     fal_url: str | None = None
@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
 
+    runpod_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FARM_RUNPOD_API_KEY", "RUNPOD_API_KEY")
+    )
+    runpod_url: str | None = None
+    """Point the runpod SDK at another server (the loopback emulator)."""
+    gpu_type: str = "NVIDIA A100 80GB PCIe"
+    gpu_image: str = "runpod/comfyui:latest"
+    gpu_network_volume: str | None = None
+    gpu_mount_path: str = "/workspace"
+    gpu_max_pods: int = 2
+    gpu_max_usd_per_hr: float = 5.0
+    gpu_idle_timeout_s: float = 600.0
+    gpu_pod_prefix: str = "farm-gpu"
+    gpu_ssh_key: Path | None = None
+    """Private key for the pods; its .pub goes in as PUBLIC_KEY [default: <home>/ssh/id_ed25519]."""
+    comfy_dir: str = "/workspace/ComfyUI"
+    comfy_command: str = "python main.py --listen 127.0.0.1 --port 8188"
+
     flower_port: int = 5555
     flower_user: str = "farm"
     flower_password: SecretStr | None = None
@@ -65,6 +83,9 @@ class Settings(BaseSettings):
 
     def artifacts_root(self) -> Path:
         return self.store_root or self.home / "artifacts"
+
+    def ssh_key_path(self) -> Path:
+        return self.gpu_ssh_key or self.home / "ssh" / "id_ed25519"
 
     def backend(self) -> str:
         """The backend image and video steps run on."""

@@ -21,12 +21,12 @@ def save_outputs(job: StepJob, result: dict[str, Any]) -> dict[str, Any]:
     if job.kind == "video":
         url = _file(result, "video")["url"]
         _download(url, job.outputs[0])
-        return _check_video(job)
+        return check_video(job)
     if any(result.get("has_nsfw_concepts") or []):
         raise ContentPolicyError("fal's safety checker flagged the image (has_nsfw_concepts)")
     image = _file(result, "image") if job.kind == "upscale" else _first_image(result)
     _download(image["url"], job.outputs[0])
-    return _check_image(job)
+    return check_image(job)
 
 
 def _first_image(result: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def _write_capped(response: httpx.Response, tmp: Path) -> None:
         raise PermanentError("the output file is empty")
 
 
-def _check_image(job: StepJob) -> dict[str, Any]:
+def check_image(job: StepJob) -> dict[str, Any]:
     path = job.outputs[0]
     want = (int(job.params["width"]), int(job.params["height"]))
     try:
@@ -100,7 +100,7 @@ def _close(got: tuple[int, int], want: tuple[int, int]) -> bool:
     return abs(aspect - 1) <= SIZE_TOLERANCE and got[0] >= 0.9 * want[0] and got[1] >= 0.9 * want[1]
 
 
-def _check_video(job: StepJob) -> dict[str, Any]:
+def check_video(job: StepJob) -> dict[str, Any]:
     info = probe(job.outputs[0])
     want = (int(job.params["width"]), int(job.params["height"]))
     if (info.width, info.height) != want:

@@ -29,9 +29,42 @@ def _fal(services: EngineServices) -> Engine:
     return FalEngine(services.settings, RequestBook(services.redis, "fal"), cap)
 
 
+def _comfyui(services: EngineServices) -> Engine:
+    import shlex
+
+    from farm.pod_registry import PodRegistry
+    from workers.comfyui import ComfyEngine, ComfySettings
+    from workers.gpu_pool import GpuPool, PoolLimits
+    from workers.pods import PodSpec, RunpodPods
+
+    s = services.settings
+    if s.runpod_api_key is None:
+        raise ValueError("the GPU pool needs RUNPOD_API_KEY (or FARM_RUNPOD_API_KEY) in the settings")
+    key = s.ssh_key_path()
+    public = key.with_suffix(".pub").read_text().strip() if key.with_suffix(".pub").exists() else None
+    spec = PodSpec(
+        gpu_type=s.gpu_type,
+        image=s.gpu_image,
+        network_volume_id=s.gpu_network_volume,
+        mount_path=s.gpu_mount_path,
+        public_key=public,
+    )
+    pods = RunpodPods(s.runpod_api_key.get_secret_value(), base_url=s.runpod_url, spec=spec)
+    registry = PodRegistry(services.redis)
+    limits = PoolLimits(
+        max_pods=s.gpu_max_pods,
+        max_usd_per_hr=s.gpu_max_usd_per_hr,
+        idle_timeout_s=s.gpu_idle_timeout_s,
+        name_prefix=s.gpu_pod_prefix,
+    )
+    comfy = ComfySettings(key_path=key, comfy_dir=s.comfy_dir, command=tuple(shlex.split(s.comfy_command)))
+    return ComfyEngine(GpuPool(pods, registry, limits), registry, comfy)
+
+
 ENGINES: dict[str, Callable[[EngineServices], Engine]] = {
     "local": lambda services: LocalEngine(),
     "fal": _fal,
+    "comfyui": _comfyui,
 }
 
 
