@@ -41,6 +41,9 @@ app = typer.Typer(
     add_completion=False,
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
+from farm.cli_pods import pods_app  # noqa: E402
+
+app.add_typer(pods_app, name="pods")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 """Piped output (CI, files) gets a fixed width instead of rich's narrow default."""
 

@@ -59,8 +59,6 @@ class ComfyEngine:
         lease = self.pool.acquire(workflow.family, f"{socket.gethostname()}:{os.getpid()}:{job.step_id}")
         started = time.monotonic()
         try:
-            if lease.resumed:
-                self.known_hosts.forget(lease.pod_id)  # our own resume: a new container, a new host key
             with PodShell(lease.pod_id, lease.endpoint, self.settings.key_path, self.known_hosts) as shell:
                 self._ensure_comfyui(shell, lease)
                 with shell.forward("127.0.0.1", self.settings.port) as tunnel:

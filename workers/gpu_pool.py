@@ -73,13 +73,26 @@ class GpuPool:
         self.registry.release(lease.pod_id, lease.holder, family=family, busy_s=busy_s)
 
     def start_new(self) -> str:
-        """`farm pods up`: one more pod now, within the caps."""
+        """`farm pods up`: one more running pod now (a stopped one is resumed first), within the caps."""
         if not self._may_create():
             raise PoolFull("the pool is at its pod or $/hour cap")
         holder = f"ops-{secrets.token_hex(3)}"
-        lease = self._create(holder)
+        stopped = [p for p in self.registry.candidates("") if p.state == "stopped"]
+        lease = None
+        for record in stopped:
+            if self.registry.lease(record.id, holder, self.limits.lease_ttl_s):
+                lease = self._ready(record, holder)
+                if lease is not None:
+                    break
+        lease = lease or self._create(holder)
         self.release(lease, family="", busy_s=0.0)
         return lease.pod_id
+
+    def resume(self, pod_id: str) -> None:
+        """A resumed pod is a new container: ComfyUI is not running and its SSH host key is new."""
+        self.registry.set(pod_id, state="starting", comfy_pid="")
+        self.registry.r.hdel(self.registry.key(pod_id), "host_key")
+        self.pods.resume(pod_id)
 
     def stop(self, pod_id: str) -> None:
         self.pods.stop(pod_id)
@@ -115,8 +128,7 @@ class GpuPool:
         try:
             resumed = record.state != "running"
             if resumed:
-                self.registry.set(record.id, state="starting")
-                self.pods.resume(record.id)
+                self.resume(record.id)
             endpoint = self.pods.wait_for_ssh(record.id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)
         except PodNotFound:
             self.registry.forget(record.id)
@@ -125,15 +137,12 @@ class GpuPool:
         return PodLease(record.id, holder, endpoint, record.cost_per_hr, resumed)
 
     def _may_create(self) -> bool:
+        """Caps count live pods only: a stopped pod costs no GPU time."""
         live = [p for p in self.registry.pods() if p.state in ("starting", "running")]
         within_cost = (
             self.registry.hourly_cost() + self.limits.expected_cost_per_hr <= self.limits.max_usd_per_hr
         )
-        return (
-            len(self.registry.pods()) < self.limits.max_pods
-            and len(live) < self.limits.max_pods
-            and within_cost
-        )
+        return len(live) < self.limits.max_pods and within_cost
 
     def _create(self, holder: str) -> PodLease:
         name = f"{self.limits.name_prefix}-{secrets.token_hex(4)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -29,11 +30,12 @@ def _fal(services: EngineServices) -> Engine:
     return FalEngine(services.settings, RequestBook(services.redis, "fal"), cap)
 
 
-def _comfyui(services: EngineServices) -> Engine:
+def build_gpu_pool(services: EngineServices) -> tuple[Any, Any, Any]:
+    """The GPU pool, its registry and ComfyUI settings from the farm's settings (engine and `farm pods`)."""
     import shlex
 
     from farm.pod_registry import PodRegistry
-    from workers.comfyui import ComfyEngine, ComfySettings
+    from workers.comfyui import ComfySettings
     from workers.gpu_pool import GpuPool, PoolLimits
     from workers.pods import PodSpec, RunpodPods
 
@@ -58,7 +60,14 @@ def _comfyui(services: EngineServices) -> Engine:
         name_prefix=s.gpu_pod_prefix,
     )
     comfy = ComfySettings(key_path=key, comfy_dir=s.comfy_dir, command=tuple(shlex.split(s.comfy_command)))
-    return ComfyEngine(GpuPool(pods, registry, limits), registry, comfy)
+    return GpuPool(pods, registry, limits), registry, comfy
+
+
+def _comfyui(services: EngineServices) -> Engine:
+    from workers.comfyui import ComfyEngine
+
+    pool, registry, comfy = build_gpu_pool(services)
+    return ComfyEngine(pool, registry, comfy)
 
 
 ENGINES: dict[str, Callable[[EngineServices], Engine]] = {

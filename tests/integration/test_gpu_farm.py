@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -83,6 +84,7 @@ class GpuFarm(FarmHandle):
     runpod: RunpodEmulator = field(kw_only=True)
     fleet: PodFleet = field(kw_only=True)
     settings: Settings = field(kw_only=True)
+    env: dict[str, str] = field(kw_only=True)
 
     def pool(self) -> GpuPool:
         pods = RunpodPods(RUNPOD_KEY, base_url=self.runpod.url)
@@ -128,7 +130,15 @@ def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
             private_dir=home / "private",
         )
     try:
-        yield GpuFarm(farm, home / "out", "comfyui", runpod=runpod, fleet=fleet, settings=settings)
+        yield GpuFarm(
+            farm,
+            home / "out",
+            "comfyui",
+            runpod=runpod,
+            fleet=fleet,
+            settings=settings,
+            env={**env, "FARM_REDIS_URL": farm.broker_url},
+        )
     finally:
         stop_farm(farm)
         runpod.stop()
@@ -179,4 +189,42 @@ def test_a_prompt_full_of_shell_metacharacters_renders_harmlessly(
     commands = [c for server in gpu_farm.fleet.servers.values() for c in server.commands()]
     assert commands and not any("pwned" in " ".join(c) for c in commands), (
         "prompts never enter a command line"
+    )
+
+
+def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:
+    env = {**os.environ, **gpu_farm.env, "COLUMNS": "200"}
+
+    def pods(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "farm.cli", "pods", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    time.sleep(gpu_farm.settings.gpu_idle_timeout_s + 0.5)  # the pods of the renders above go idle
+    reaped = pods("reap")
+    assert reaped.returncode == 0 and reaped.stdout.startswith("stopped idle:"), reaped.stderr
+    started = pods("up")
+    assert started.returncode == 0, started.stderr
+    pod_id = started.stdout.split(":")[0]
+    assert pod_id in pods("list").stdout
+    echoed = pods("exec", pod_id, "--", "printf", "%s", "a b; $(touch x) 'q'")
+    assert echoed.returncode == 0 and echoed.stdout == "a b; $(touch x) 'q'"
+    assert pods("exec", pod_id, "--", "sh", "-c", "exit 3").returncode == 3
+    assert pods("logs", pod_id).returncode == 0
+    port_before = gpu_farm.pool().pods.get(pod_id).ssh
+    assert f"-p {port_before.port} root@127.0.0.1" in pods("ssh", pod_id).stdout  # type: ignore[union-attr]
+    unhealthy = pods("health", pod_id)
+    assert unhealthy.returncode == 1 and "Traceback" not in unhealthy.stderr
+    assert pods("stop", pod_id).stdout.strip() == f"{pod_id}: stopped"
+    assert pods("resume", pod_id).stdout.strip() == f"{pod_id}: running"
+    assert gpu_farm.pool().pods.get(pod_id).ssh != port_before, "the SSH endpoint changed on resume"
+    assert pods("terminate", pod_id).stdout.strip() == f"{pod_id}: terminated"
+    assert pod_id not in gpu_farm.runpod.pods()
+    missing = pods("stop", "nosuchpod00")
+    assert (
+        missing.returncode == 1 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
     )
