@@ -41,7 +41,7 @@ app = typer.Typer(
     add_completion=False,
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
-from farm.cli_pods import pods_app  # noqa: E402
+from farm.cli_pods import PodReaper, pods_app  # noqa: E402
 
 app.add_typer(pods_app, name="pods")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -276,9 +276,12 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    reaper = PodReaper(settings, farm.broker_url) if settings.runpod_api_key is not None else None
     try:
         while not stop["now"]:
             time.sleep(0.2)
+            if reaper is not None:
+                reaper.maybe_reap()
     finally:
         console.print("stopping: workers finish their current step first...")
         stop_farm(farm)

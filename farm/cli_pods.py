@@ -41,6 +41,30 @@ def _pool() -> Iterator[tuple[Any, Any, Any]]:
         _fail(str(exc))
 
 
+class PodReaper:
+    """Run by `farm up` while a GPU pool is configured: stop idle and orphaned pods every minute."""
+
+    def __init__(self, settings: Any, broker: str, every_s: float = 60.0) -> None:
+        self.settings, self.broker, self.every_s = settings, broker, every_s
+        self.next_at = time.monotonic() + every_s
+
+    def maybe_reap(self) -> None:
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.every_s
+        from workers.base import EngineError
+        from workers.registry import EngineServices, build_gpu_pool
+
+        try:
+            pool, _, _ = build_gpu_pool(EngineServices(self.settings, redis.Redis.from_url(self.broker)))
+            report = pool.reap()
+        except (EngineError, ValueError, redis.RedisError) as exc:
+            console.print(f"[yellow]pod reaper[/]: {exc}")
+            return
+        for pod_id in report.stopped_idle + report.stopped_orphans:
+            console.print(f"pod reaper: stopped {pod_id}")
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(1)
