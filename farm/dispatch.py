@@ -52,6 +52,29 @@ def release(runs: RunStore, sender: Sender, run_id: str, steps: list[Step], back
         queue = queue_for(step.kind, backend_for(step.kind, backend))
         runs.set_info(run_id, step.id, queue=queue, queued_at=time.time())
         sender.send(run_id, step, queue)
+        runs.sent(run_id, step.id)
+
+
+def resend_unsent(runs: RunStore, sender: Sender) -> int:
+    """Send again what a dead worker released but never sent; returns how many. A duplicate message is
+    harmless: the state machine runs a step once, and paid steps resume their stored request."""
+    count = 0
+    for run_id in runs.runs(200):
+        meta = runs.meta(run_id)
+        if meta.get("status") != "running":
+            continue
+        overrides = runs.backend_overrides(run_id)
+        states = runs.states(run_id)
+        for step_id in runs.outbox(run_id):
+            if states.get(step_id) != "queued":
+                runs.sent(run_id, step_id)
+                continue
+            step = runs.step(run_id, step_id)
+            backend = overrides.get(step_id) or backend_for(step.kind, meta["backend"])
+            sender.send(run_id, step, queue_for(step.kind, backend))
+            runs.sent(run_id, step_id)
+            count += 1
+    return count
 
 
 def cancel(runs: RunStore, sender: Sender, run_id: str) -> str:

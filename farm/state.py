@@ -11,6 +11,7 @@ Keys, all under `farm:run:<run id>`:
   :info         hash "<step id>:<field>" -> timings, worker, cached flag, cost, error
   :counters     hash "<step id>:<name>" -> retries, cap waits
   :backend      hash step id -> backend, when a step left the run's backend (content-policy fallback)
+  :outbox       set of steps marked queued whose message is not yet known to be sent
 `active` counts queued + running steps: when it reaches zero the run has settled.
 """
 
@@ -64,7 +65,7 @@ return 1
 _COMPLETE = (
     _FINISH
     + """
-local state, waiting, deps, run = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local state, waiting, deps, run, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step, final, now = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', state, step)
 if cur ~= 'running' and cur ~= 'queued' then return {'-'} end
@@ -78,6 +79,7 @@ if list then
     local n = redis.call('HINCRBY', waiting, d, -1)
     if n == 0 and status == 'running' and redis.call('HGET', state, d) == 'waiting' then
       redis.call('HSET', state, d, 'queued')
+      redis.call('SADD', outbox, d)
       table.insert(released, d)
     end
   end
@@ -193,6 +195,8 @@ class RunStore:
                 self.key(run_id, "dependents"), mapping={k: json.dumps(v) for k, v in dependents.items()}
             )
         pipe.zadd(RUNS_KEY, {run_id: float(now)})
+        if roots:
+            pipe.sadd(self.key(run_id, "outbox"), *roots)
         pipe.execute()
         return roots
 
@@ -204,6 +208,7 @@ class RunStore:
 
     def complete(self, run_id: str, step_id: str, *, cached: bool = False) -> Completion:
         keys = [self.key(run_id, p) for p in ("state", "waiting", "dependents")] + [self.key(run_id)]
+        keys.append(self.key(run_id, "outbox"))
         reply = self._complete(keys=keys, args=[step_id, "cached" if cached else "done", str(time.time())])
         head = _text(reply[0])
         if head == "-":
@@ -223,6 +228,14 @@ class RunStore:
         if _text(reply[0]) == "-":
             return [], ""
         return [_text(x) for x in reply[1:]], _text(reply[0])
+
+    def sent(self, run_id: str, step_id: str) -> None:
+        """The step's message is on its queue: it leaves the outbox."""
+        self.r.srem(self.key(run_id, "outbox"), step_id)
+
+    def outbox(self, run_id: str) -> list[str]:
+        """Steps released but whose message may never have been sent (the releasing worker died)."""
+        return sorted(_text(s) for s in self.r.smembers(self.key(run_id, "outbox")))
 
     def requeue(self, run_id: str, step_id: str) -> bool:
         """Back to queued for a deliberate retry; the start it used does not count as a worker death."""

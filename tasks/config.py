@@ -23,13 +23,14 @@ VISIBILITY_TIMEOUT_S = max(hard for _, hard in TIME_LIMITS_S.values()) + 600
 or a slow video would be delivered twice while still running."""
 
 
-MIN_SOFT_S = 20
+MIN_SOFT_S = 60
 
 
 def scaled_limits(scale: float) -> tuple[dict[StepKind, tuple[int, int]], int]:
     """Time limits and visibility timeout shrunk (or grown) together, keeping their order.
 
-    Limits never drop below 20 s soft / 25 s hard, so a shrunk farm (tests) still has time for real work.
+    Limits never drop below 60 s soft / 65 s hard, so a shrunk farm (tests on a busy machine) still has
+    time for real work.
     """
     limits = {}
     for kind, (soft, hard) in TIME_LIMITS_S.items():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
 
-from farm.dispatch import release
+from farm.dispatch import release, resend_unsent
 from farm.plan import StepKind
 from tasks.app import app
 from tasks.config import task_name
@@ -46,3 +48,12 @@ def _register(kind: StepKind) -> Task[Any, Any]:
 
 
 TASKS = {kind: _register(kind) for kind in StepKind}
+
+
+@worker_ready.connect
+def _resend_unsent(**_: Any) -> None:
+    """A worker starting is often a worker coming back from a crash: re-send steps released but never sent."""
+    ctx = context()
+    resent = resend_unsent(ctx.runs, ctx.sender)
+    if resent:
+        logging.getLogger(__name__).warning("re-sent %d released step(s) whose message was lost", resent)

@@ -29,7 +29,7 @@ from workers.emulators.fal_server import FalEmulator, Faults
 
 FAL_KEY = "fal-test-key-5bd1c0ffee-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
-"""Shrinks the visibility timeout to 48 s, so a killed worker's steps come back within a test."""
+"""Shrinks the visibility timeout to about a minute, so a killed worker's steps come back within a test."""
 
 
 @dataclass

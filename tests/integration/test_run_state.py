@@ -108,3 +108,33 @@ def test_cancel_with_nothing_queued_settles_when_the_running_steps_end(
     for root in roots:
         runs.complete("r6", root)
     assert runs.meta("r6")["status"] == "cancelled"
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+
+    def send(self, run_id: str, step: object, queue: str) -> None:
+        self.sent.append((run_id, getattr(step, "id", ""), queue))
+
+    def revoke(self, run_id: str, step_ids: list[str]) -> None:
+        raise AssertionError("not expected")
+
+
+def test_released_steps_whose_message_was_lost_are_sent_again(client: redis.Redis, sample_path: Path) -> None:
+    from farm.dispatch import resend_unsent
+
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    client.hset(RunStore.key("r7"), "backend", "local")
+    roots = runs.create("r7", plan, {"backend": "local"})
+    assert runs.outbox("r7") == sorted(roots), "roots wait in the outbox until their message is sent"
+    for root in roots:
+        runs.sent("r7", root)
+    runs.begin("r7", roots[0])
+    released = runs.complete("r7", roots[0]).released  # the worker dies here, before sending
+    assert runs.outbox("r7") == sorted(released)
+    recorder = _Recorder()
+    assert resend_unsent(runs, recorder) == len(released)
+    assert sorted(step for _, step, _ in recorder.sent) == sorted(released)
+    assert runs.outbox("r7") == []

@@ -32,15 +32,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
 
 from workers.base import StepJob
+from workers.emulators import http_base
+from workers.emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
+from workers.emulators.http_base import EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
 from workers.local import LocalEngine
 
 LOG = logging.getLogger(__name__)
@@ -65,8 +67,6 @@ DEFAULT_UPSCALE_FACTOR = 4
 """Upscale models are mostly 4x; a model name such as `2x-foo.pth` or `RealESRGAN_x2plus` says otherwise."""
 MAX_HISTORY = 10_000
 """ComfyUI trims its in-memory history past this many entries."""
-POLL_INTERVAL_S = 0.05
-"""How often the serving thread checks for shutdown: `stop()` returns within about this long."""
 
 COMFYUI_VERSION = "0.3.49"
 GIB = 1024**3
@@ -305,13 +305,10 @@ def node_info(name: str, spec: NodeSpec, input_files: list[str]) -> dict[str, An
 
 
 @dataclass(frozen=True)
-class Reply:
-    """One HTTP answer; the handler writes it as is."""
+class Reply(http_base.Reply):
+    """One HTTP answer; the handler writes it as is. ComfyUI answers plain text unless it says otherwise."""
 
-    status: int
-    body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def json_reply(doc: Any, status: int = 200) -> Reply:
@@ -857,18 +854,34 @@ class Route:
     handler: Handler
 
 
-class ComfyUIEmulator:
+class _RequestHandler(EmulatorRequestHandler):
+    """`ComfyUIEmulator`'s handler (one request per connection is all a tunnelled client needs)."""
+
+    server_version = "comfyui-emulator/1"
+    log = LOG
+    label = "comfyui emulator"
+
+    def error_reply(self, exc: Exception) -> Reply:
+        return Reply(500, f"emulator error: {exc}".encode())
+
+
+class ComfyUIEmulator(LoopbackEmulator):
     """ComfyUI's HTTP API on a loopback port, for tests and offline runs.
 
     >>> with ComfyUIEmulator(root=tmp / "comfy", faults=ComfyFaults(run_seconds=0.01)) as comfy:
     ...     httpx.post(f"{comfy.url}/prompt", json={"prompt": graph, "prompt_id": pid})
     """
 
+    handler_class = _RequestHandler
+    name = "ComfyUI emulator"
+    thread_name = "comfyui-http"
+    join_timeout_s = 10.0
+
     def __init__(
         self, *, root: Path, port: int = 0, faults: ComfyFaults | None = None, listen: str = "127.0.0.1"
     ) -> None:
+        super().__init__(port=port)
         self.root = root
-        self.port = port
         self.listen = listen
         self.folders = Folders(root)
         self.renderer = Renderer(self.folders)
@@ -881,62 +894,25 @@ class ComfyUIEmulator:
         self._number = 0
         self._warm = False
         self._stopping = False
-        self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
-        self._url = ""
         self.routes = self._routes()
 
-    # lifecycle
+    # lifecycle: `start()`, `stop()`, `url` and the context manager come from LoopbackEmulator, listening on
+    # `listen` (the URL names 127.0.0.1 for "" or 0.0.0.0); the prompts run on a worker thread
 
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:PORT`, no trailing slash; set by `start()`."""
-        if not self._url:
-            raise RuntimeError("the ComfyUI emulator is not started")
-        return self._url
-
-    def start(self) -> ComfyUIEmulator:
-        if self._server is not None:
-            return self
-        server = _Server((self.listen, self.port), _RequestHandler)
-        server.emulator = self
-        self._server = server
+    def _bound(self, server: EmulatorServer) -> None:
         self.port = server.server_address[1]
-        host = "127.0.0.1" if self.listen in ("", "0.0.0.0") else self.listen
-        self._url = f"http://{host}:{self.port}"
         with self._cond:
             self._stopping = False
-        self._threads = [
-            threading.Thread(
-                target=server.serve_forever, args=(POLL_INTERVAL_S,), name="comfyui-http", daemon=True
-            ),
-            threading.Thread(target=self._work, name="comfyui-worker", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
+    def _workers(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self._work, name="comfyui-worker", daemon=True)]
+
+    def _before_shutdown(self) -> None:
         with self._cond:
             self._stopping = True
             if self._running is not None:
                 self._running.interrupted.set()
             self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def __enter__(self) -> ComfyUIEmulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def restart(self) -> None:
         """Like restarting ComfyUI: the running prompt stops without a history entry, the queue and history
@@ -1357,48 +1333,6 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Part]:
         if found and "name" in params:
             fields[params["name"]] = Part(data.removesuffix(b"\r\n"), params.get("filename"))
     return fields
-
-
-# HTTP plumbing --------------------------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: ComfyUIEmulator
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    """Thin translation between http.server and `ComfyUIEmulator.handle` (HTTP/1.0: one request per
-    connection, which is all a tunnelled client needs)."""
-
-    server: _Server
-    protocol_version = "HTTP/1.0"
-    server_version = "comfyui-emulator/1"
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        try:
-            reply = self.server.emulator.handle(method, self.path, headers, body)
-        except Exception as exc:  # the emulator must answer, not hang the client
-            LOG.exception("comfyui emulator: %s %s failed", method, self.path)
-            reply = Reply(500, f"emulator error: {exc}".encode())
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        LOG.debug("comfyui emulator: " + format, *args)
 
 
 # the command line -----------------------------------------------------------------------------------------

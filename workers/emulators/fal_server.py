@@ -37,9 +37,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, TypeGuard
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,6 +47,10 @@ from PIL import Image
 
 from farm.engines import CARDS, Operation
 from workers.base import EngineError, StepJob
+from workers.emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
+from workers.emulators.http_base import EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
+from workers.emulators.http_base import Reply as Reply
+from workers.emulators.http_base import json_reply as json_reply
 from workers.local import LocalEngine
 
 LOG = logging.getLogger(__name__)
@@ -64,8 +67,6 @@ ENDPOINTS = IMAGE_ENDPOINTS | {SEEDVR, WAN}
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 QUEUE_SHARE = 0.1
 """The first 10% of a request's latency is spent IN_QUEUE, the rest IN_PROGRESS."""
-POLL_INTERVAL_S = 0.05
-"""How often the serving thread checks for shutdown: `stop()` returns within about this long."""
 DEFAULT_LATENCY_S = 5.0
 """Used only if an emulated endpoint has no engine card (the cards name all five today)."""
 
@@ -131,20 +132,6 @@ class Faults:
 
 
 # replies --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One HTTP answer; the handler writes it as is."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, json.dumps(doc).encode(), "application/json", dict(headers or {}))
 
 
 def detail(status: int, message: str, **extra: Any) -> Reply:
@@ -553,12 +540,33 @@ class Route:
     handler: Handler
 
 
-class FalEmulator:
+class _RequestHandler(EmulatorRequestHandler):
+    """`FalEmulator`'s handler; PUT (storage uploads, cancel) and DELETE are served too."""
+
+    server_version = "fal-emulator/1"
+    log = LOG
+    label = "fal emulator"
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def error_reply(self, exc: Exception) -> Reply:
+        return detail(500, f"emulator error: {exc}")
+
+
+class FalEmulator(LoopbackEmulator):
     """fal.ai's queue + storage protocol on 127.0.0.1, for tests and offline runs.
 
     >>> with FalEmulator(latency_scale=0.01) as emu:
     ...     patch_fal_client(emu.url)
     """
+
+    handler_class = _RequestHandler
+    name = "fal emulator"
+    thread_name = "fal-emulator"
 
     store: FileStore
     renderer: Renderer
@@ -577,11 +585,11 @@ class FalEmulator:
     ) -> None:
         if latency_scale < 0:
             raise ValueError("latency_scale must not be negative")
+        super().__init__(port=port)
         self.latency_scale = latency_scale
         self.content_policy_keyword = content_policy_keyword
         self.nsfw_keyword = nsfw_keyword
         self.key = key
-        self.port = port
         self._workdir_arg = workdir
         self._faults = faults or Faults()
         self._rng = random.Random(self._faults.seed)
@@ -590,57 +598,24 @@ class FalEmulator:
         self._ledger: list[dict[str, Any]] = []
         self._calls: Counter[str] = Counter()
         self._cdn_token = secrets.token_urlsafe(24)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._workdir: Path | None = None
         self._owns_workdir = False
-        self._url = ""
         self.routes = self._routes()
 
-    # lifecycle
+    # lifecycle: `start()`, `stop()`, `url` and the context manager come from LoopbackEmulator
 
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:PORT`, no trailing slash; set by `start()`."""
-        if not self._url:
-            raise RuntimeError("the fal emulator is not started")
-        return self._url
-
-    def start(self) -> FalEmulator:
-        if self._server is not None:
-            return self
+    def _prepare(self) -> None:
         self._owns_workdir = self._workdir_arg is None
         self._workdir = self._workdir_arg or Path(tempfile.mkdtemp(prefix="fal-emulator-"))
-        server = _Server(("127.0.0.1", self.port), _RequestHandler)
-        server.emulator = self
-        self._server = server
-        self._url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def _bound(self, server: EmulatorServer) -> None:
+        assert self._workdir is not None
         self.store = FileStore(self._workdir / "files", self._url)
         self.renderer = Renderer(self.store, self._workdir / "inputs", self.nsfw_keyword)
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(POLL_INTERVAL_S,), name="fal-emulator", daemon=True
-        )
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _after_shutdown(self) -> None:
         if self._owns_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def __enter__(self) -> FalEmulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # inspection and control
 
@@ -946,57 +921,6 @@ class FalEmulator:
             return detail(400, f"bad faults: {exc}")
         self.set_faults(faults)
         return json_reply(200, dataclasses.asdict(faults))
-
-
-# HTTP plumbing --------------------------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: FalEmulator
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    """Thin translation between http.server and `FalEmulator.handle`. HTTP/1.0: one request per
-    connection, so a dropped response is simply a connection closed before the status line."""
-
-    server: _Server
-    protocol_version = "HTTP/1.0"
-    server_version = "fal-emulator/1"
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        try:
-            reply = self.server.emulator.handle(method, self.path, headers, body)
-        except Exception as exc:  # the emulator must answer, not hang the client
-            LOG.exception("fal emulator: %s %s failed", method, self.path)
-            reply = detail(500, f"emulator error: {exc}")
-        if reply is None:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        LOG.debug("fal emulator: " + format, *args)
 
 
 # the fal client and the command line ----------------------------------------------------------------------

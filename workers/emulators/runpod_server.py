@@ -32,15 +32,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Protocol
+
+from workers.emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
+from workers.emulators.http_base import EmulatorRequestHandler, LoopbackEmulator
+from workers.emulators.http_base import Reply as Reply
+from workers.emulators.http_base import json_reply as json_reply
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "test-runpod-key"
-POLL_INTERVAL_S = 0.05
-"""How often the serving thread checks for shutdown: `stop()` returns within about this long."""
 
 NO_CAPACITY_MSG = (
     "There are no longer any instances available with the requested specifications. "
@@ -392,17 +393,6 @@ def operation_name(query: str) -> str:
 # HTTP replies ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-
-
-def json_reply(status: int, doc: Any) -> Reply:
-    return Reply(status, json.dumps(doc).encode())
-
-
 def graphql_error(message: str) -> Reply:
     return json_reply(200, {"errors": [{"message": message}], "data": None})
 
@@ -413,7 +403,18 @@ Handler = Callable[[str], dict[str, Any]]
 # the emulator ---------------------------------------------------------------------------------------------
 
 
-class RunpodEmulator:
+class _RequestHandler(EmulatorRequestHandler):
+    """`RunpodEmulator`'s handler: even its own failures are answered as GraphQL errors."""
+
+    server_version = "runpod-emulator/1"
+    log = LOG
+    label = "runpod emulator"
+
+    def error_reply(self, exc: Exception) -> Reply:
+        return graphql_error(f"emulator error: {exc}")
+
+
+class RunpodEmulator(LoopbackEmulator):
     """RunPod's GraphQL pod API on 127.0.0.1. Start it (or use it as a context manager), then point the
     SDK at `url` through the env var RUNPOD_API_BASE_URL and set `runpod.api_key` to `api_key`.
 
@@ -423,6 +424,10 @@ class RunpodEmulator:
 
     `stop()` also stops the backend of every pod still running, so no SSH server outlives the emulator.
     """
+
+    handler_class = _RequestHandler
+    name = "RunPod emulator"
+    thread_name = "runpod-emulator"
 
     def __init__(
         self,
@@ -434,13 +439,13 @@ class RunpodEmulator:
         network_volumes: list[dict[str, Any]] | None = None,
         port: int = 0,
     ) -> None:
+        super().__init__(port=port)
         self.api_key = api_key
         self.backend: PodBackend = backend if backend is not None else FakeBackend()
         self.cost_per_hr = cost_per_hr
         self.network_volumes = copy.deepcopy(
             network_volumes if network_volumes is not None else list(DEFAULT_VOLUMES)
         )
-        self.port = port
         self._faults = faults or RunpodFaults()
         self._lock = threading.Lock()
         """Guards the pod table, the query log and the faults: held briefly, never across a backend call."""
@@ -449,9 +454,6 @@ class RunpodEmulator:
         self._pods: dict[str, Pod] = {}
         self._queries: list[str] = []
         self._next_http_port = 60000
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._url = ""
         self._handlers: list[tuple[re.Pattern[str], Handler]] = [
             (re.compile(r"\bpodFindAndDeployOnDemand\s*\("), self._deploy),
             (re.compile(r"\bpodStop\s*\("), self._stop_pod),
@@ -462,48 +464,13 @@ class RunpodEmulator:
             (re.compile(r"\bmyself\s*\{"), self._myself),
         ]
 
-    # lifecycle
+    # lifecycle: `start()`, `stop()`, `url` and the context manager come from LoopbackEmulator
 
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:PORT`, no trailing slash; set by `start()`."""
-        if not self._url:
-            raise RuntimeError("the RunPod emulator is not started")
-        return self._url
-
-    def start(self) -> RunpodEmulator:
-        if self._server is not None:
-            return self
-        server = _Server(("127.0.0.1", self.port), _RequestHandler)
-        server.emulator = self
-        self._server = server
-        self._url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(POLL_INTERVAL_S,), name="runpod-emulator", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _after_shutdown(self) -> None:
         with self._lifecycle:
             for pod in self._snapshot():
                 if pod.desired_status == "RUNNING":
                     self._backend_stop(pod.id)
-
-    def __enter__(self) -> RunpodEmulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # inspection and control
 
@@ -735,43 +702,3 @@ class RunpodEmulator:
             "machineId": pod.machine_id,
             "machine": {"podHostId": pod.pod_host_id},
         }
-
-
-# HTTP plumbing --------------------------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: RunpodEmulator
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    """Thin translation between http.server and `RunpodEmulator.handle` (HTTP/1.0: one request per
-    connection)."""
-
-    server: _Server
-    protocol_version = "HTTP/1.0"
-    server_version = "runpod-emulator/1"
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        try:
-            reply = self.server.emulator.handle(method, self.path, headers, body)
-        except Exception as exc:  # the emulator must answer, not hang the client
-            LOG.exception("runpod emulator: %s %s failed", method, self.path)
-            reply = graphql_error(f"emulator error: {exc}")
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        LOG.debug("runpod emulator: " + format, *args)
