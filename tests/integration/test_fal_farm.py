@@ -27,7 +27,7 @@ from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
 from workers.emulators.fal_server import FalEmulator, Faults
 
-FAL_KEY = "fal-test-key-5bd1c0ffee-do-not-leak"
+FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
 """Shrinks the visibility timeout to about a minute, so a killed worker's steps come back within a test."""
 
@@ -40,10 +40,10 @@ class FalFarm(FarmHandle):
 @pytest.fixture(scope="module")
 def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
     home = tmp_path_factory.mktemp("fal-home")
-    emulator = FalEmulator(latency_scale=0.01, key=FAL_KEY).start()
+    emulator = FalEmulator(latency_scale=0.01, key=FAKE_FAL_SECRET).start()
     env = {
         "FARM_HOME": str(home),
-        "FAL_KEY": FAL_KEY,
+        "FAL_KEY": FAKE_FAL_SECRET,
         "FARM_FAL_URL": emulator.url,
         "FARM_ENGINE": "fal",
         "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
@@ -174,10 +174,10 @@ def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
 def test_the_fal_key_appears_nowhere(fal_farm: FalFarm) -> None:
     """After the runs above: logs, every Redis value, the queues and the manifests never hold the key."""
     for log in fal_farm.farm.log_dir.glob("*.log"):
-        assert FAL_KEY not in log.read_text(errors="replace"), log
+        assert FAKE_FAL_SECRET not in log.read_text(errors="replace"), log
     for key in fal_farm.redis.scan_iter("*"):
         kind = fal_farm.redis.type(key)
         dump = fal_farm.redis.dump(key) or b""
-        assert FAL_KEY.encode() not in dump, (key, kind)
+        assert FAKE_FAL_SECRET.encode() not in dump, (key, kind)
     for manifest in fal_farm.out.rglob("manifest.json"):
-        assert FAL_KEY not in manifest.read_text()
+        assert FAKE_FAL_SECRET not in manifest.read_text()
