@@ -14,11 +14,19 @@ from typing import Any
 import redis
 
 PODS_KEY = "farm:pods"
+RUN_POD_TTL_S = 24 * 3600
+"""How long the pool remembers which pod holds a step's ComfyUI run (longer than any redelivery)."""
 LIVE_STATES = ("starting", "running")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+_TAKE_OVER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, -string.len(ARGV[3])) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -53,6 +61,7 @@ class PodRegistry:
         self.r = client
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @staticmethod
     def key(pod_id: str, part: str = "") -> str:
@@ -90,12 +99,30 @@ class PodRegistry:
     def lease(self, pod_id: str, holder: str, ttl_s: float) -> bool:
         return bool(self.r.set(self.key(pod_id, "lease"), holder, nx=True, px=int(ttl_s * 1000)))
 
+    def take_over(self, pod_id: str, holder: str, ttl_s: float, step_id: str) -> bool:
+        """Lease a pod that is free or held for the same step: a redelivered step inherits the lease its
+        dead predecessor never released, instead of waiting out the TTL or rendering elsewhere."""
+        args: list[str | int] = [holder, int(ttl_s * 1000), f":{step_id}"]
+        return bool(self._take_over(keys=[self.key(pod_id, "lease")], args=args))
+
     def renew(self, pod_id: str, holder: str, ttl_s: float) -> bool:
         return bool(self._renew(keys=[self.key(pod_id, "lease")], args=[holder, int(ttl_s * 1000)]))
 
     def release(self, pod_id: str, holder: str, *, family: str, busy_s: float) -> bool:
         keys = [self.key(pod_id, "lease"), self.key(pod_id)]
         return bool(self._release(keys=keys, args=[holder, time.time(), family, busy_s]))
+
+    # where a step's ComfyUI run lives ---------------------------------------------------------------
+    def remember_run(self, step_id: str, pod_id: str) -> None:
+        """Noted before a step's prompt is submitted: its retry goes back to that pod's history."""
+        self.r.set(f"farm:pod-run:{step_id}", pod_id, ex=RUN_POD_TTL_S)
+
+    def run_pod(self, step_id: str) -> str | None:
+        raw = self.r.get(f"farm:pod-run:{step_id}")
+        return _text(raw) if raw is not None else None
+
+    def forget_run(self, step_id: str) -> None:
+        self.r.delete(f"farm:pod-run:{step_id}")
 
     # reads ---------------------------------------------------------------------------------------
     def get(self, pod_id: str) -> PodRecord | None:

@@ -56,7 +56,8 @@ class ComfyEngine:
 
     def run(self, job: StepJob) -> StepResult:
         workflow = load_workflow(workflow_for_step(job.kind, job.engine))
-        lease = self.pool.acquire(workflow.family, f"{socket.gethostname()}:{os.getpid()}:{job.step_id}")
+        holder = f"{socket.gethostname()}:{os.getpid()}:{job.step_id}"
+        lease = self.pool.acquire(workflow.family, holder, step_id=job.step_id)
         started = time.monotonic()
         try:
             with PodShell(lease.pod_id, lease.endpoint, self.settings.key_path, self.known_hosts) as shell:
@@ -125,6 +126,7 @@ class ComfyEngine:
             values = values_for_step(job.kind, job.params, names, prefix=f"farm/{job.step_id}")
             graph = fill(load_workflow(workflow_name), values)
             validate_graph(graph)
+            self.registry.remember_run(job.step_id, lease.pod_id)
             client.submit(graph, prompt_id)
         entry = entry or self._wait(client, prompt_id, lease)
         failure = execution_error(entry)
@@ -135,6 +137,7 @@ class ComfyEngine:
             raise PermanentError(f"ComfyUI wrote {len(files)} files, the step needs {len(job.outputs)}")
         for ref, dest in zip(files, job.outputs, strict=False):
             client.download(ref, dest)
+        self.registry.forget_run(job.step_id)
         checks = check_video(job) if job.kind == "video" else check_image(job)
         return {"prompt_id": prompt_id, "workflow": workflow_name, "resumed_run": resumed, **checks}
 

@@ -54,7 +54,10 @@ class GpuPool:
         self.registry = registry
         self.limits = limits or PoolLimits()
 
-    def acquire(self, family: str, holder: str) -> PodLease:
+    def acquire(self, family: str, holder: str, step_id: str | None = None) -> PodLease:
+        """A pod for one step: the pod that already holds this step's run, else the best free one."""
+        if step_id is not None and (lease := self._back_to_run(step_id, holder)) is not None:
+            return lease
         for candidate in self.registry.candidates(family):
             if self.registry.lease(candidate.id, holder, self.limits.lease_ttl_s):
                 lease = self._ready(candidate, holder)
@@ -122,6 +125,17 @@ class GpuPool:
         return report
 
     # internals -------------------------------------------------------------------------------------
+
+    def _back_to_run(self, step_id: str, holder: str) -> PodLease | None:
+        """A retried step returns to the pod where its prompt was submitted, if that pod is still up (a
+        stopped pod lost its ComfyUI history with its container, so any pod will do then)."""
+        pod_id = self.registry.run_pod(step_id)
+        record = self.registry.get(pod_id) if pod_id else None
+        if record is None or record.state != "running":
+            return None
+        if not self.registry.take_over(record.id, holder, self.limits.lease_ttl_s, step_id):
+            return None
+        return self._ready(record, holder)
 
     def _ready(self, record: PodRecord, holder: str) -> PodLease | None:
         """Bring a leased pod to running and read its current SSH endpoint; None if it is gone."""

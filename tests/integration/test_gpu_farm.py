@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,23 +22,29 @@ import httpx
 import pytest
 
 from farm.cli_pods import PodReaper
+from farm.plan import Plan
 from farm.pod_registry import PodRegistry
 from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
+from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
+from workers.comfyui import prompt_id_for
 from workers.emulators.runpod_server import RunpodEmulator, RunpodFaults
 from workers.emulators.ssh_pod import SSHPod
 from workers.gpu_pool import GpuPool, PoolLimits
 from workers.pods import RunpodPods
 
 RUNPOD_KEY = "runpod-test-key-0c4f-do-not-leak"
+TIME_LIMIT_SCALE = 0.02
+"""Shrinks the visibility timeout to about a minute, so a killed worker's steps come back within a test."""
 SHIM = """import os, sys
 os.chdir(os.path.dirname(os.path.abspath(__file__)))
 with open(".pid", "w") as handle:
     handle.write(str(os.getpid()))
+fleet_setting = os.path.join("..", "..", "run_seconds")
+run_seconds = open(fleet_setting).read().strip() if os.path.exists(fleet_setting) else "0.02"
 from workers.emulators.comfyui_server import main
-main(["--root", ".", "--port", "{port}", "--run-seconds", "0.02"])
+main(["--root", ".", "--port", "{port}", "--run-seconds", run_seconds])
 """
 
 
@@ -69,6 +76,17 @@ class PodFleet:
         server = self.servers.pop(pod_id, None)
         if server is not None:
             server.stop()
+
+    def set_run_seconds(self, seconds: float) -> None:
+        """How long each ComfyUI run takes, on running pods now and on pods started later."""
+        (self.base / "run_seconds").write_text(str(seconds))
+        for port in self.comfy_ports.values():
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"http://127.0.0.1:{port}/_faults", json={"run_seconds": seconds}, timeout=5)
+
+    def restart_comfyui(self, pod_id: str) -> None:
+        """ComfyUI restarts on the pod: the running prompt, the queue and the history are lost."""
+        httpx.post(f"http://127.0.0.1:{self.comfy_ports[pod_id]}/_restart", timeout=5).raise_for_status()
 
     def executed(self) -> list[str]:
         runs: list[str] = []
@@ -120,6 +138,7 @@ def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
         "FARM_GPU_IDLE_TIMEOUT_S": "3",
         "NO_PROXY": "127.0.0.1,localhost",
         "FARM_GPU_CONCURRENCY": "2",
+        "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
     }
     with mock.patch.dict(os.environ, env):
         settings = Settings()
@@ -176,21 +195,113 @@ def test_idle_pods_are_stopped_by_the_reaper(gpu_farm: GpuFarm) -> None:
 def test_a_prompt_full_of_shell_metacharacters_renders_harmlessly(
     gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
-    doc = copy.deepcopy(sample_doc)
-    doc["project"] = "SHL"
-    doc["shots"] = [s for s in doc["shots"] if s["shot"] == 6]
-    doc["shots"][0]["first_frame"] = (
-        'A pipe $(touch pwned); `touch pwned2` && rm -rf / "quoted" \\ | > out < in'
-    )
-    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
-    (tmp_path / "storyboard.json").write_text(json.dumps(doc))
-    run_id, _ = gpu_farm.submit(tmp_path / "storyboard.json")
+    first_frame = 'A pipe $(touch pwned); `touch pwned2` && rm -rf / "quoted" \\ | > out < in'
+    path = one_shot_episode(tmp_path, sample_doc, registry_doc, "SHL", first_frame=first_frame)
+    run_id, _ = gpu_farm.submit(path)
     assert gpu_farm.wait(run_id, timeout_s=300) == "succeeded", gpu_farm.runs.info(run_id)
     assert not list(gpu_farm.fleet.base.rglob("pwned*")), "nothing in the prompt was executed on a pod"
     commands = [c for server in gpu_farm.fleet.servers.values() for c in server.commands()]
     assert commands and not any("pwned" in " ".join(c) for c in commands), (
         "prompts never enter a command line"
     )
+
+
+def one_shot_episode(
+    folder: Path, sample_doc: Doc, registry_doc: Doc, project: str, first_frame: str | None = None
+) -> Path:
+    """Shot 6 of the sample alone, under its own project code (so its own step and prompt ids)."""
+    doc = copy.deepcopy(sample_doc)
+    doc["project"] = project
+    doc["shots"] = [s for s in doc["shots"] if s["shot"] == 6]
+    if first_frame is not None:
+        doc["shots"][0]["first_frame"] = first_frame
+    (folder / "lora_registry.json").write_text(json.dumps(registry_doc))
+    (folder / "storyboard.json").write_text(json.dumps(doc))
+    return folder / "storyboard.json"
+
+
+def caught_in_flight(gpu_farm: GpuFarm, plan: Plan, timeout_s: float = 120) -> tuple[str, str]:
+    """The first step whose ComfyUI prompt went to a pod, and that pod, while the prompt still runs."""
+    registry = PodRegistry(gpu_farm.redis)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for step in plan.steps:
+            if (pod_id := registry.run_pod(step.id)) is not None:
+                time.sleep(0.3)  # let the submit land
+                return step.id, pod_id
+        assert time.monotonic() < deadline, "no step reached a pod"
+        time.sleep(0.05)
+
+
+def renders_per_step(gpu_farm: GpuFarm, plan: Plan) -> dict[str, int]:
+    """How many times ComfyUI started each of the plan's model steps, across all pods."""
+    started = Counter(gpu_farm.fleet.executed())
+    return {s.id: started[prompt_id_for(s.id)] for s in plan.steps if s.engine != "post"}
+
+
+def step_record(gpu_farm: GpuFarm, run_id: str, step_id: str) -> dict[str, object]:
+    manifest = json.loads(Path(gpu_farm.runs.meta(run_id)["manifest"]).read_text())
+    return next(r for r in manifest["steps"] if r["id"] == step_id)
+
+
+@contextlib.contextmanager
+def slow_comfyui(gpu_farm: GpuFarm, seconds: float) -> Iterator[None]:
+    gpu_farm.fleet.set_run_seconds(seconds)
+    try:
+        yield
+    finally:
+        gpu_farm.fleet.set_run_seconds(0.02)
+
+
+def test_ssh_dropped_mid_job_resumes_the_run_without_rendering_it_again(
+    gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    with slow_comfyui(gpu_farm, 2.0):
+        run_id, plan = gpu_farm.submit(one_shot_episode(tmp_path, sample_doc, registry_doc, "DRP"))
+        step_id, pod_id = caught_in_flight(gpu_farm, plan)
+        gpu_farm.fleet.servers[pod_id].drop_connections()
+        assert gpu_farm.wait(run_id, timeout_s=300) == "succeeded", gpu_farm.runs.info(run_id)
+    assert set(renders_per_step(gpu_farm, plan).values()) == {1}, "no prompt rendered twice"
+    record = step_record(gpu_farm, run_id, step_id)
+    assert record["retries"] >= 1  # type: ignore[operator]
+    assert record["provider"]["resumed_run"] is True  # type: ignore[index]
+
+
+def test_comfyui_restarted_mid_job_renders_only_the_lost_prompt_again(
+    gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    with slow_comfyui(gpu_farm, 2.0):
+        run_id, plan = gpu_farm.submit(one_shot_episode(tmp_path, sample_doc, registry_doc, "RST"))
+        step_id, pod_id = caught_in_flight(gpu_farm, plan)
+        gpu_farm.fleet.restart_comfyui(pod_id)
+        assert gpu_farm.wait(run_id, timeout_s=300) == "succeeded", gpu_farm.runs.info(run_id)
+    renders = renders_per_step(gpu_farm, plan)
+    assert renders.pop(step_id) == 2, "the prompt the restart lost was submitted again"
+    assert set(renders.values()) == {1}
+    assert step_record(gpu_farm, run_id, step_id)["retries"] >= 1  # type: ignore[operator]
+
+
+def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
+    gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    with slow_comfyui(gpu_farm, 3.0):
+        run_id, plan = gpu_farm.submit(one_shot_episode(tmp_path, sample_doc, registry_doc, "KIL"))
+        step_id, pod_id = caught_in_flight(gpu_farm, plan)
+        worker = gpu_farm.farm.workers["gpu"]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        registry = PodRegistry(gpu_farm.redis)
+        assert registry.get(pod_id).lease_holder, "the dead worker's lease outlives it"  # type: ignore[union-attr]
+        gpu_farm.farm.workers["gpu"] = start_worker(gpu_farm.farm, "gpu")
+        assert gpu_farm.wait(run_id, timeout_s=400) == "succeeded", gpu_farm.runs.info(run_id)
+    assert gpu_farm.runs.deliveries(run_id)[step_id] >= 2, "the step was redelivered after the kill"
+    assert set(renders_per_step(gpu_farm, plan).values()) == {1}, "the finished prompt was not rendered again"
+    assert step_record(gpu_farm, run_id, step_id)["provider"]["resumed_run"] is True  # type: ignore[index]
+    time.sleep(gpu_farm.settings.gpu_idle_timeout_s + 0.5)
+    PodReaper(gpu_farm.settings, gpu_farm.farm.broker_url, every_s=0.0).maybe_reap()
+    live = {p: pod["desiredStatus"] for p, pod in gpu_farm.runpod.pods().items()}
+    assert live and set(live.values()) == {"EXITED"}, f"after reconciliation no pod runs: {live}"
+    assert all(p.lease_holder is None for p in registry.pods())
 
 
 def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:

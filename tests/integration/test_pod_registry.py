@@ -55,3 +55,23 @@ def test_idle_lists_running_unleased_pods_past_the_timeout(client: redis.Redis) 
     pods.set("held", last_used=time.time() - 700)
     pods.lease("held", "w", ttl_s=5)
     assert [p.id for p in pods.idle(600)] == ["old"]
+
+
+def test_a_retried_step_takes_over_its_dead_predecessors_lease_only(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    pods.register("p5", "farm-gpu-5", gpu="A100 80GB", cost_per_hr=1.19, state="running")
+    assert pods.lease("p5", "host:101:step-a", ttl_s=60)
+    assert not pods.take_over("p5", "host:202:step-b", ttl_s=60, step_id="step-b"), "another step waits"
+    assert pods.take_over("p5", "host:202:step-a", ttl_s=60, step_id="step-a")
+    assert pods.get("p5").lease_holder == "host:202:step-a"  # type: ignore[union-attr]
+    assert pods.release("p5", "host:202:step-a", family="wan", busy_s=1)
+    assert pods.take_over("p5", "host:303:step-b", ttl_s=60, step_id="step-b"), "a free pod is taken"
+
+
+def test_the_pod_holding_a_steps_run_is_remembered_until_the_outputs_are_fetched(client: redis.Redis) -> None:
+    pods = PodRegistry(client)
+    assert pods.run_pod("step-z") is None
+    pods.remember_run("step-z", "p6")
+    assert pods.run_pod("step-z") == "p6"
+    pods.forget_run("step-z")
+    assert pods.run_pod("step-z") is None
