@@ -195,16 +195,14 @@ def logs(pod_id: PodArg, lines: Annotated[int, typer.Option(help="How many lines
 @pods_app.command()
 def health(pod_id: PodArg) -> None:
     """Is ComfyUI alive on the pod (its recorded PID) and answering through the tunnel?"""
-    from workers.comfy_client import ComfyClient
+    from workers.comfy_pod import ComfyOnPod
 
     with _pool() as (pool, registry, comfy), _shell(pool, registry, comfy, pod_id) as shell:
         record = registry.get(pod_id)
         pid = record.comfy_pid if record else None
-        alive = pid is not None and shell.run(["kill", "-0", str(pid)], check=False).exit_code == 0
-        with shell.forward("127.0.0.1", comfy.port) as tunnel:
-            client = ComfyClient(tunnel.url, timeout_s=10)
-            answering = client.healthy()
-            client.close()
+        on_pod = ComfyOnPod(registry, comfy, tick=lambda: None)
+        alive = pid is not None and on_pod.alive(shell, pid)
+        answering = on_pod.healthy(shell)
         print(
             f"{pod_id}: comfyui pid {pid or '-'} {'alive' if alive else 'not running'}; "
             f"http {'ok' if answering else 'not answering'}"

@@ -50,6 +50,8 @@ class PodRecord:
     busy_s: float
     lease_holder: str | None
     comfy_pid: int | None
+    comfy_nodes: str = ""
+    """The fingerprint of the custom-node list the pod was set up for."""
 
     @property
     def idle_s(self) -> float:
@@ -166,6 +168,7 @@ def _record(pod_id: str, h: dict[str, str], holder: str | None) -> PodRecord:
         busy_s=float(h.get("busy_s", 0)),
         lease_holder=holder,
         comfy_pid=int(h["comfy_pid"]) if h.get("comfy_pid") else None,
+        comfy_nodes=h.get("comfy_nodes", ""),
     )
 
 

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     runpod_url: str | None = None
     """Point the runpod SDK at another server (the loopback emulator)."""
     gpu_type: str = "NVIDIA A100 80GB PCIe"
+    gpu_fallback_types: str = ""
+    """Comma-separated RunPod GPU type ids to try, in order, when the main type has no capacity."""
     gpu_image: str = "runpod/comfyui:latest"
     gpu_network_volume: str | None = None
     gpu_mount_path: str = "/workspace"
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     """Private key for the pods; its .pub goes in as PUBLIC_KEY [default: <home>/ssh/id_ed25519]."""
     comfy_dir: str = "/workspace/ComfyUI"
     comfy_command: str = "python main.py --listen 127.0.0.1 --port 8188"
+    comfy_custom_nodes: str = ""
+    """Comma-separated custom node repositories (`URL` or `URL#branch`) every pod must have installed."""
+    comfy_warm_up: bool = True
+    """After each ComfyUI start, one small run of the step's workflow loads its models."""
 
     flower_port: int = 5555
     flower_user: str = "farm"

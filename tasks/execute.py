@@ -17,7 +17,7 @@ from farm.plan import Step
 from farm.routing import backend_for, queue_for
 from farm.state import Completion
 from tasks.context import WorkerContext
-from workers.base import ContentPolicyError, StepJob, StepResult, TransientError
+from workers.base import CapacityWait, ContentPolicyError, StepJob, StepResult, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
 
 def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientError) -> NoReturn:
     """Bounded retries with exponential backoff and jitter; waiting for a cap slot is not a retry."""
-    if type(exc).__name__ == "CapReached":
+    if isinstance(exc, CapacityWait):
         ctx.runs.bump(run_id, step.id, "cap_waits")
+        ctx.runs.set_info(run_id, step.id, last_wait_reason=str(exc))
         countdown = exc.retry_after_s or 1.0
     else:
         retries = ctx.runs.bump(run_id, step.id, "retries")

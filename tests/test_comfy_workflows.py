@@ -11,7 +11,9 @@ import pytest
 from farm.plan import Plan, Step, StepKind, build_plan
 from farm.validate import load_episode
 from workers.base import PermanentError
+from workers.comfy_pod import CustomNode
 from workers.comfy_workflows import (
+    WARM_UP_SIZE,
     WORKFLOW_NAMES,
     Workflow,
     WorkflowError,
@@ -20,6 +22,7 @@ from workers.comfy_workflows import (
     placeholders,
     validate_graph,
     values_for_step,
+    warm_up_values,
     workflow_for_step,
 )
 
@@ -340,3 +343,32 @@ def test_missing_params_surface_in_fill() -> None:
         "missing value for 'num_frames'",
         "missing value for 'fps'",
     }
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_every_workflow_has_a_small_complete_warm_up(name: str) -> None:
+    workflow = load_workflow(name)
+    graph = fill(workflow, warm_up_values(workflow, image="farm_warm_up.png"))
+    validate_graph(graph)
+    sizes = [v for node in graph.values() for k, v in node["inputs"].items() if k in ("width", "height")]
+    assert all(size == WARM_UP_SIZE for size in sizes)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "ref"),
+    [
+        ("https://github.com/example/ComfyUI-Nodes.git", "ComfyUI-Nodes", None),
+        ("https://github.com/example/ComfyUI-Nodes#v1.2", "ComfyUI-Nodes", "v1.2"),
+        ("git@github.com:example/video-helper.git", "video-helper", None),
+        ("file:///srv/nodes/local-node/", "local-node", None),
+    ],
+)
+def test_custom_node_repositories_name_their_folder(text: str, name: str, ref: str | None) -> None:
+    node = CustomNode.parse(text)
+    assert (node.name, node.ref) == (name, ref)
+
+
+@pytest.mark.parametrize("text", ["", "#main", "--upload-pack=touch x", "https://example.com/.hidden"])
+def test_a_custom_node_that_is_not_a_repository_url_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a repository URL"):
+        CustomNode.parse(text)

@@ -24,6 +24,11 @@ class TransientError(EngineError):
         self.retry_after_s = retry_after_s
 
 
+class CapacityWait(TransientError):
+    """Nothing failed: a provider cap, a full pod pool or a GPU type out of stock. The step waits
+    `retry_after_s` without using up one of its retries."""
+
+
 class PermanentError(EngineError):
     """Retrying cannot help (bad input, validation error): the step fails with this reason."""
 

@@ -303,3 +303,26 @@ def values_for_step(
     values.update(zip(slots, inputs, strict=True))
     values[PREFIX] = prefix
     return values
+
+
+# warm-up ------------------------------------------------------------------------------------------------
+
+WARM_UP_SIZE = 256
+"""Small enough to be quick, a multiple of 16 as every model here wants."""
+
+
+def warm_up_values(workflow: Workflow, image: str | None) -> dict[str, object]:
+    """Values for a small run of `workflow` that loads its models: a grey test card in, 5 frames for video."""
+    sample: dict[str, object] = {
+        "prompt": "a plain grey test card",
+        "seed": 0,
+        "width": WARM_UP_SIZE,
+        "height": WARM_UP_SIZE,
+        "strength": 0.5,
+        "num_frames": 5,
+        "fps": 16,
+        PREFIX: "farm/_warm_up",
+    }
+    if image is not None:
+        sample.update(image=image, start_image=image, end_image=image)
+    return {name: sample[name] for name in workflow.parameters if name in sample}

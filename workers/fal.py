@@ -30,7 +30,14 @@ from farm.engines import CARDS
 from farm.provider_cap import ProviderCap
 from farm.request_book import RequestBook, RequestRecord
 from farm.settings import Settings
-from workers.base import ContentPolicyError, PermanentError, StepJob, StepResult, TransientError
+from workers.base import (
+    CapacityWait,
+    ContentPolicyError,
+    PermanentError,
+    StepJob,
+    StepResult,
+    TransientError,
+)
 from workers.fal_outputs import save_outputs
 from workers.fal_payloads import build_payload
 
@@ -56,7 +63,7 @@ class SubmitOutcomeUnknown(Exception):
     """The submit was sent but no answer came back: fal may have accepted it."""
 
 
-class CapReached(TransientError):
+class CapReached(CapacityWait):
     """The account's in-flight cap is full: wait (not an error, not counted as a retry)."""
 
 

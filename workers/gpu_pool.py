@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 
 from farm.pod_registry import PodRecord, PodRegistry
-from workers.base import TransientError
-from workers.pods import PodNotFound, RunpodPods
+from workers.base import CapacityWait, TransientError
+from workers.pods import NoCapacity, PodNotFound, RunpodPods
 from workers.ssh import Endpoint
 
 
@@ -23,11 +23,13 @@ class PoolLimits:
     name_prefix: str = "farm-gpu"
     expected_cost_per_hr: float = 1.19
     """An A100 80GB's price, used to check the $/hour cap before a pod exists."""
+    fallback_gpu_types: tuple[str, ...] = ()
+    """Tried in order when RunPod has none of the main GPU type (`FARM_GPU_FALLBACK_TYPES`)."""
     ssh_wait_s: float = 300.0
     ssh_poll_s: float = 2.0
 
 
-class PoolFull(TransientError):
+class PoolFull(CapacityWait):
     """Every pod is busy and the caps forbid another: the step waits without holding a worker."""
 
 
@@ -158,12 +160,20 @@ class GpuPool:
         )
         return len(live) < self.limits.max_pods and within_cost
 
+    def _deploy(self, name: str) -> tuple[str, str]:
+        """The main GPU type, else each fallback in turn; NoCapacity (a wait) only when all are out."""
+        types = (self.pods.spec.gpu_type, *self.limits.fallback_gpu_types)
+        for gpu_type in types:
+            try:
+                return self.pods.create(name, gpu_type), gpu_type
+            except NoCapacity:
+                continue
+        raise NoCapacity(f"RunPod has none of {', '.join(types)} available right now; retry later")
+
     def _create(self, holder: str) -> PodLease:
         name = f"{self.limits.name_prefix}-{secrets.token_hex(4)}"
-        pod_id = self.pods.create(name)
-        self.registry.register(
-            pod_id, name, gpu=self.pods.spec.gpu_type, cost_per_hr=self.limits.expected_cost_per_hr
-        )
+        pod_id, gpu_type = self._deploy(name)
+        self.registry.register(pod_id, name, gpu=gpu_type, cost_per_hr=self.limits.expected_cost_per_hr)
         self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
         try:
             endpoint = self.pods.wait_for_ssh(pod_id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)

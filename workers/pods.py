@@ -13,15 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.base import PermanentError, TransientError
+from workers.base import CapacityWait, PermanentError, TransientError
 from workers.ssh import Endpoint
 
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9 ._:/@+=,-]*$")
 NO_CAPACITY = "no longer any instances available"
 
 
-class NoCapacity(TransientError):
+class NoCapacity(CapacityWait):
     """RunPod has no machine of this GPU type right now: try later, or another type."""
+
+    def __init__(self, message: str, retry_after_s: float | None = 30.0) -> None:
+        super().__init__(message, retry_after_s)
 
 
 class PodNotFound(PermanentError):
@@ -87,14 +90,16 @@ class RunpodPods:
         self.spec = spec or PodSpec()
         self._clock = clock
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, gpu_type: str | None = None) -> str:
+        """Deploy one pod of the farm's spec, on `gpu_type` if given (a fallback) or the spec's type."""
         spec = self.spec
+        gpu = gpu_type or spec.gpu_type
         env = {"PUBLIC_KEY": safe(spec.public_key, "public key")} if spec.public_key else None
         reply = self._call(
             lambda: self._sdk.create_pod(
                 name=safe(name, "pod name"),
                 image_name=safe(spec.image, "image"),
-                gpu_type_id=safe(spec.gpu_type, "GPU type"),
+                gpu_type_id=safe(gpu, "GPU type"),
                 gpu_count=1,
                 support_public_ip=True,
                 start_ssh=True,
@@ -102,7 +107,8 @@ class RunpodPods:
                 volume_mount_path=safe(spec.mount_path, "mount path"),
                 network_volume_id=safe(spec.network_volume_id, "volume") if spec.network_volume_id else None,
                 env=env,
-            )
+            ),
+            gpu,
         )
         return str(reply["id"])
 
@@ -138,8 +144,9 @@ class RunpodPods:
     def terminate(self, pod_id: str) -> None:
         self._call(lambda: self._sdk.terminate_pod(safe(pod_id, "pod id")))
 
-    def _call(self, call: Callable[[], Any]) -> Any:
+    def _call(self, call: Callable[[], Any], gpu_type: str | None = None) -> Any:
         """The SDK's errors into the farm's: no capacity, auth, unknown pod, transport."""
+        gpu = gpu_type or self.spec.gpu_type
         try:
             return call()
         except self._errors.AuthenticationError as exc:
@@ -147,16 +154,14 @@ class RunpodPods:
         except self._errors.QueryError as exc:
             message = str(getattr(exc, "message", exc))
             if NO_CAPACITY in message.lower():
-                raise NoCapacity(
-                    f"RunPod has no {self.spec.gpu_type} available right now; retry later"
-                ) from exc
+                raise NoCapacity(f"RunPod has no {gpu} available right now; retry later") from exc
             if "not found" in message.lower():
                 raise PodNotFound(message) from exc
             raise PermanentError(f"RunPod refused the request: {message}") from exc
         except ValueError as exc:
             if type(exc).__name__ == "JSONDecodeError":  # an HTML error page instead of GraphQL
                 raise TransientError("RunPod's API answered with something that is not JSON") from exc
-            raise PermanentError(f"RunPod does not offer GPU type {self.spec.gpu_type!r}") from exc
+            raise PermanentError(f"RunPod does not offer GPU type {gpu!r}") from exc
         except OSError as exc:  # requests' connection errors and timeouts derive from it
             raise TransientError(f"RunPod's API is unreachable: {exc}") from exc
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import redis
 
 from farm.settings import Settings
 from workers.base import Engine
 from workers.local import LocalEngine
+
+if TYPE_CHECKING:  # the GPU pool's modules load only where it is used
+    from farm.pod_registry import PodRegistry
+    from workers.comfy_pod import ComfySettings
+    from workers.gpu_pool import GpuPool
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,12 @@ def _fal(services: EngineServices) -> Engine:
     return FalEngine(services.settings, RequestBook(services.redis, "fal"), cap)
 
 
-def build_gpu_pool(services: EngineServices) -> tuple[Any, Any, Any]:
+def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, ComfySettings]:
     """The GPU pool, its registry and ComfyUI settings from the farm's settings (engine and `farm pods`)."""
     import shlex
 
     from farm.pod_registry import PodRegistry
-    from workers.comfyui import ComfySettings
+    from workers.comfy_pod import ComfySettings, CustomNode
     from workers.gpu_pool import GpuPool, PoolLimits
     from workers.pods import PodSpec, RunpodPods
 
@@ -58,8 +63,15 @@ def build_gpu_pool(services: EngineServices) -> tuple[Any, Any, Any]:
         max_usd_per_hr=s.gpu_max_usd_per_hr,
         idle_timeout_s=s.gpu_idle_timeout_s,
         name_prefix=s.gpu_pod_prefix,
+        fallback_gpu_types=tuple(t.strip() for t in s.gpu_fallback_types.split(",") if t.strip()),
     )
-    comfy = ComfySettings(key_path=key, comfy_dir=s.comfy_dir, command=tuple(shlex.split(s.comfy_command)))
+    comfy = ComfySettings(
+        key_path=key,
+        comfy_dir=s.comfy_dir,
+        command=tuple(shlex.split(s.comfy_command)),
+        custom_nodes=tuple(CustomNode.parse(n) for n in s.comfy_custom_nodes.split(",") if n.strip()),
+        warm_up=s.comfy_warm_up,
+    )
     return GpuPool(pods, registry, limits), registry, comfy
 
 

@@ -14,8 +14,9 @@ from farm.state import RunStore
 from farm.storage import LocalStore
 from farm.validate import load_episode
 from tasks.context import WorkerContext
-from tasks.execute import StepFailed, execute
+from tasks.execute import RetryLater, StepFailed, execute
 from workers.base import StepJob, StepResult
+from workers.gpu_pool import PoolFull
 from workers.local import LocalEngine
 
 
@@ -118,3 +119,30 @@ def test_an_engine_error_fails_the_step_with_its_message(
     with pytest.raises(StepFailed, match="FileNotFoundError"):
         execute(ctx, run_id, upscale.id)
     assert ctx.runs.states(run_id)[upscale.id] == "failed"
+
+
+class FullPoolEngine:
+    """Every pod busy, every time: the step must wait, not fail."""
+
+    name = "local"
+
+    def run(self, job: StepJob) -> StepResult:
+        raise PoolFull("every GPU pod is busy", retry_after_s=5.0)
+
+
+def test_waiting_for_a_free_pod_never_uses_up_the_steps_retries(
+    client: redis.Redis, tmp_path: Path, sample_path: Path
+) -> None:
+    ctx, _ = make_context(client, tmp_path)
+    ctx.engines["local"] = FullPoolEngine()
+    plan = held_shot_plan(sample_path)
+    run_id = submit(ctx, plan, tmp_path)
+    root = plan.steps[0].id
+    attempts = ctx.settings.fal_max_retries + 3
+    for _ in range(attempts):
+        with pytest.raises(RetryLater) as waited:
+            execute(ctx, run_id, root)
+        assert waited.value.countdown == 5.0
+    assert ctx.runs.states(run_id)[root] == "queued"
+    assert ctx.runs.counters(run_id)[root] == {"cap_waits": attempts}
+    assert "busy" in ctx.runs.info(run_id)[root]["last_wait_reason"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -23,16 +24,20 @@ import pytest
 
 from farm.cli_pods import PodReaper
 from farm.plan import Plan
-from farm.pod_registry import PodRegistry
+from farm.pod_registry import PodRegistry, RegistryKnownHosts
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
+from workers.comfy_pod import ComfyOnPod, CustomNode
+from workers.comfy_workflows import load_workflow
 from workers.comfyui import prompt_id_for
 from workers.emulators.runpod_server import RunpodEmulator, RunpodFaults
 from workers.emulators.ssh_pod import SSHPod
 from workers.gpu_pool import GpuPool, PoolLimits
 from workers.pods import RunpodPods
+from workers.registry import EngineServices, build_gpu_pool
+from workers.ssh import PodShell
 
 RUNPOD_KEY = "runpod-test-key-0c4f-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
@@ -43,6 +48,8 @@ with open(".pid", "w") as handle:
     handle.write(str(os.getpid()))
 fleet_setting = os.path.join("..", "..", "run_seconds")
 run_seconds = open(fleet_setting).read().strip() if os.path.exists(fleet_setting) else "0.02"
+nodes = sorted(os.listdir("custom_nodes")) if os.path.isdir("custom_nodes") else []
+print("custom nodes loaded:", " ".join(nodes) or "none", flush=True)
 from workers.emulators.comfyui_server import main
 main(["--root", ".", "--port", "{port}", "--run-seconds", run_seconds])
 """
@@ -113,6 +120,17 @@ class GpuFarm(FarmHandle):
         return GpuPool(pods, PodRegistry(self.redis), limits)
 
 
+def node_repository(folder: Path, name: str) -> str:
+    """A custom node as a local git repository; pods clone it like any node repository."""
+    repo = folder / name
+    repo.mkdir(parents=True)
+    (repo / "__init__.py").write_text("NODE_CLASS_MAPPINGS: dict[str, type] = {}\n")
+    git = ["git", "-c", "user.name=farm", "-c", "user.email=farm@example.invalid", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "node"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    return repo.as_uri()
+
+
 @pytest.fixture(scope="module")
 def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
     home = tmp_path_factory.mktemp("gpu-home")
@@ -139,6 +157,7 @@ def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
         "NO_PROXY": "127.0.0.1,localhost",
         "FARM_GPU_CONCURRENCY": "2",
         "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
+        "FARM_COMFY_CUSTOM_NODES": node_repository(home / "nodes", "farm-first-node"),
     }
     with mock.patch.dict(os.environ, env):
         settings = Settings()
@@ -178,8 +197,12 @@ def test_the_sample_renders_entirely_through_the_gpu_pool(
     assert len(model_steps) == sum(1 for s in plan.steps if s.engine != "post")
     assert model_steps and all(r["backend"] == "comfyui" and r["provider"]["pod"] for r in model_steps)
     assert manifest["cost_usd"]["actual"] > 0, "pod seconds are charged to the run"
-    executed = gpu_farm.fleet.executed()
-    assert len(executed) == len(set(executed)) == len(model_steps), "one ComfyUI run per step, none twice"
+    assert set(renders_per_step(gpu_farm, plan).values()) == {1}, "one ComfyUI run per step, none twice"
+    starts = [r["provider"] for r in model_steps if "comfy_start_s" in r["provider"]]
+    assert starts and all("warm_up_s" in p for p in starts), "every ComfyUI start is warmed up"
+    warm_ups = list(gpu_farm.fleet.base.rglob("output/farm/_warm_up*"))
+    assert len(warm_ups) == len(starts)
+    assert all(p["installed_nodes"] == ["farm-first-node"] for p in starts), "each new pod got the node"
 
 
 def test_idle_pods_are_stopped_by_the_reaper(gpu_farm: GpuFarm) -> None:
@@ -302,6 +325,41 @@ def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
     live = {p: pod["desiredStatus"] for p, pod in gpu_farm.runpod.pods().items()}
     assert live and set(live.values()) == {"EXITED"}, f"after reconciliation no pod runs: {live}"
     assert all(p.lease_holder is None for p in registry.pods())
+
+
+def comfy_pid(registry: PodRegistry, pod_id: str) -> int | None:
+    record = registry.get(pod_id)
+    return record.comfy_pid if record is not None else None
+
+
+def test_a_new_custom_node_is_installed_and_comfyui_restarted_by_pid(
+    gpu_farm: GpuFarm, tmp_path: Path
+) -> None:
+    pool, registry, comfy = build_gpu_pool(EngineServices(gpu_farm.settings, gpu_farm.redis))
+    lease = pool.acquire("qwen", "test-holder:1:nodes")
+    workflow = load_workflow("qwen_t2i")
+    shell = PodShell(lease.pod_id, lease.endpoint, comfy.key_path, RegistryKnownHosts(registry))
+    try:
+        with shell:
+            ComfyOnPod(registry, comfy, tick=lambda: None).ensure(
+                shell, lease.pod_id, workflow, fresh=lease.resumed
+            )
+            old_pid = comfy_pid(registry, lease.pod_id)
+            second = CustomNode.parse(node_repository(tmp_path, "farm-second-node"))
+            wider = dataclasses.replace(comfy, custom_nodes=(*comfy.custom_nodes, second))
+            on_pod = ComfyOnPod(registry, wider, tick=lambda: pool.renew(lease))
+            done = on_pod.ensure(shell, lease.pod_id, workflow, fresh=False)
+            assert done["installed_nodes"] == ["farm-second-node"] and "warm_up_s" in done
+            new_pid = comfy_pid(registry, lease.pod_id)
+            assert old_pid is not None and new_pid != old_pid and not on_pod.alive(shell, old_pid)
+            log = shell.run(["cat", f"{comfy.comfy_dir}/comfyui.log"]).stdout.splitlines()
+            loaded = [line for line in log if line.startswith("custom nodes loaded:")]
+            assert loaded == ["custom nodes loaded: farm-first-node farm-second-node"], "the new start's log"
+            assert on_pod.ensure(shell, lease.pod_id, workflow, fresh=False) == {}, "ready: nothing to do"
+            kills = [c for c in gpu_farm.fleet.servers[lease.pod_id].commands() if "kill" in c[0]]
+            assert ["kill", str(old_pid)] in kills and not any("pkill" in c[0] for c in kills)
+    finally:
+        pool.release(lease, family="qwen", busy_s=0.0)
 
 
 def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:

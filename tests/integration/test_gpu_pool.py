@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import pytest
 import redis
 
 from farm.pod_registry import PodRegistry
+from workers.base import CapacityWait
 from workers.emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
 from workers.gpu_pool import GpuPool, PoolFull, PoolLimits
 from workers.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
@@ -92,6 +94,21 @@ def test_errors_are_translated(pool: GpuPool, emulator: RunpodEmulator) -> None:
     emulator.set_faults(RunpodFaults(unauthorized=True))
     with pytest.raises(RunpodAuthError):
         pool.pods.list()
+
+
+def test_a_sold_out_gpu_type_falls_back_to_the_configured_others(
+    pool: GpuPool, emulator: RunpodEmulator
+) -> None:
+    main, sxm, h100 = "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"
+    emulator.set_faults(RunpodFaults(runtime_delay_polls=1, sold_out=(main, sxm)))
+    pool.limits = dataclasses.replace(pool.limits, fallback_gpu_types=(sxm, h100))
+    lease = pool.acquire("qwen", "w1")
+    assert emulator.pods()[lease.pod_id]["machine"]["gpuDisplayName"] == "H100 SXM"
+    assert pool.registry.get(lease.pod_id).gpu == "H100 SXM"  # type: ignore[union-attr]
+    emulator.set_faults(RunpodFaults(sold_out=(main, sxm, h100)))
+    with pytest.raises(NoCapacity, match=f"none of {main}, {sxm}, {h100}") as caught:
+        pool.acquire("qwen", "w2")
+    assert isinstance(caught.value, CapacityWait), "waiting for stock does not use up a step's retries"
 
 
 def test_a_pod_that_never_gets_a_runtime_is_terminated(pool: GpuPool, emulator: RunpodEmulator) -> None:

@@ -149,6 +149,8 @@ class RunpodFaults:
 
     no_capacity: bool = False
     """Deploy answers the GraphQL error NO_CAPACITY_MSG (the SDK raises QueryError); no pod is created."""
+    sold_out: tuple[str, ...] = ()
+    """GPU type ids with no capacity (deploying one answers NO_CAPACITY_MSG); other types deploy."""
     unauthorized: bool = False
     """Every call answers HTTP 401, whatever the key (the SDK raises AuthenticationError)."""
     html_502: bool = False
@@ -588,7 +590,7 @@ class RunpodEmulator(LoopbackEmulator):
     def _deploy(self, query: str) -> dict[str, Any]:
         spec = parse_deploy(query)
         gpu = next((item for item in GPU_CATALOGUE if item["id"] == spec.gpu_type_id), None)
-        if self.faults.no_capacity or gpu is None:
+        if self.faults.no_capacity or gpu is None or spec.gpu_type_id in self.faults.sold_out:
             raise GraphQLError(NO_CAPACITY_MSG)
         self._check_volume(spec)
         pod_id = new_pod_id()
