@@ -28,6 +28,8 @@ class ShotProgress:
     estimated_usd: Decimal
     spent_usd: Decimal
     """What the provider charged for this shot's finished steps (reused outputs cost nothing)."""
+    activity: str = ""
+    """What its running steps report from inside the render, e.g. "video 12/30"."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,17 @@ def _shot(
         spent_usd=sum(
             (_actual(info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st in DONE), Decimal(0)
         ),
+        activity=", ".join(
+            _activity(s, info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st == "running"
+        ).strip(", "),
     )
+
+
+def _activity(step: Step, info: dict[str, object]) -> str:
+    progress = info.get("progress")
+    if not isinstance(progress, dict) or "value" not in progress:
+        return ""
+    return f"{step.kind.value} {progress['value']}/{progress.get('max', '?')}"
 
 
 def _shot_state(states: list[str], done: int) -> str:

@@ -33,11 +33,12 @@ def status_table(progress: RunProgress) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for shot in progress.shots:
         style = STATE_STYLE.get(shot.state, "")
+        state = f"[{style}]{shot.state}[/]" if style else shot.state
         table.add_row(
             str(shot.shot) if shot.shot is not None else "episode",
             shot.approach,
             f"{shot.done}/{shot.total}",
-            f"[{style}]{shot.state}[/]" if style else shot.state,
+            f"{state} {escape(shot.activity)}" if shot.activity else state,
             duration(shot.elapsed_s) if shot.elapsed_s is not None else "-",
             usd(shot.estimated_usd),
             usd(shot.spent_usd),
@@ -84,7 +85,8 @@ def watch(console: Console, poll: Callable[[], RunProgress], interval_s: float =
         while True:
             bars.update(overall, completed=current.done, state=current.status)
             for shot in current.shots:
-                bars.update(per_shot[shot.shot], completed=shot.done, state=shot.state)
+                state = f"{shot.state} {shot.activity}" if shot.activity else shot.state
+                bars.update(per_shot[shot.shot], completed=shot.done, state=escape(state))
             if current.finished:
                 break
             time.sleep(interval_s)

@@ -9,13 +9,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from farm.artifacts import input_index, output_key, output_keys
 from farm.manifest import write_manifest
 from farm.plan import Step
 from farm.routing import backend_for, queue_for
-from farm.state import Completion
+from farm.state import Completion, RunStore
 from tasks.context import WorkerContext
 from workers.base import CapacityWait, ContentPolicyError, StepJob, StepResult, TransientError
 
@@ -135,7 +135,15 @@ def produce(
         outputs = [folder / f"out{i}{Path(name).suffix}" for i, name in enumerate(step.outputs)]
         engine = ctx.engine(backend_for(step.kind, backend))
         job = StepJob(
-            step.id, step.kind.value, step.engine, step.endpoint, step.params, inputs, outputs, step.operation
+            step.id,
+            step.kind.value,
+            step.engine,
+            step.endpoint,
+            step.params,
+            inputs,
+            outputs,
+            step.operation,
+            report=LiveProgress(ctx.runs, run_id, step.id),
         )
         result = engine.run(job)
         for key, path in zip(keys, outputs, strict=True):
@@ -172,3 +180,20 @@ def _fail(ctx: WorkerContext, run_id: str, step_id: str, reason: str) -> NoRetur
     if ctx.runs.fail(run_id, step_id, reason):
         write_manifest(ctx.runs, ctx.store, run_id)
     raise StepFailed(reason)
+
+
+class LiveProgress:
+    """A running step's progress into its info for `farm status`: at most every half second, plus the end."""
+
+    EVERY_S = 0.5
+
+    def __init__(self, runs: RunStore, run_id: str, step_id: str) -> None:
+        self.runs, self.run_id, self.step_id = runs, run_id, step_id
+        self._last = 0.0
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._last < self.EVERY_S and progress.get("value") != progress.get("max"):
+            return
+        self._last = now
+        self.runs.set_info(self.run_id, self.step_id, progress=progress)

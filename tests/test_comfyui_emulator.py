@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from websockets.sync.client import connect
 
 from workers import media
 from workers.base import StepJob
@@ -475,3 +477,34 @@ def test_module_serves_until_terminated(tmp_path: Path) -> None:
             proc.wait(timeout=10)
     assert proc.returncode == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input", "output", "temp"]
+
+
+# websocket -------------------------------------------------------------------------------------------------
+
+
+def test_the_websocket_streams_a_runs_events_to_the_client_that_queued_it(
+    make_emulator: MakeEmulator,
+) -> None:
+    comfy = make_emulator(ComfyFaults(run_seconds=0.2))
+    ws_url = comfy.url.replace("http://", "ws://")
+    with (
+        connect(f"{ws_url}/ws?clientId=worker-1", proxy=None) as mine,
+        connect(f"{ws_url}/ws?clientId=someone-else", proxy=None) as other,
+    ):
+        greeting = json.loads(mine.recv(timeout=5))
+        assert greeting["type"] == "status" and greeting["data"]["sid"] == "worker-1"
+        json.loads(other.recv(timeout=5))  # its own status
+        prompt_id = submit(comfy, t2i_graph())  # queued by client "worker-1"
+        events: list[dict[str, Any]] = []
+        while not (events and events[-1]["type"] == "executing" and events[-1]["data"]["node"] is None):
+            events.append(json.loads(mine.recv(timeout=5)))
+        with pytest.raises(TimeoutError):
+            other.recv(timeout=0.3)  # run events go only to the queuing client
+    types = [e["type"] for e in events]
+    assert types[:3] == ["execution_start", "execution_cached", "executing"]
+    assert types[-3:] == ["executed", "execution_success", "executing"]
+    assert all(e["data"]["prompt_id"] == prompt_id for e in events)
+    progress = [e["data"] for e in events if e["type"] == "progress"]
+    assert [p["value"] for p in progress] == list(range(1, progress[-1]["max"] + 1))
+    assert progress[-1]["max"] == 8, "one event per sampler step"
+    assert wait_entry(comfy, prompt_id)["status"]["status_str"] == "success"

@@ -6,6 +6,7 @@ the task layer hands it local input files and local output paths, and stores wha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +55,8 @@ class StepJob:
     """Where to write, one path per planned output; the directory exists."""
     operation: str = ""
     """The card's operation (t2i, img2img, upscale, video, video_segment, ...): what it costs."""
+    report: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False, repr=False)
+    """Where a backend that can see inside a render sends live progress ({"node", "value", "max"})."""
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,12 @@ class ComfyClient:
         body = response.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else str(body["name"])
 
-    def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
+    def submit(self, graph: dict[str, Any], prompt_id: str, client_id: str = "farm") -> None:
+        """Queue a graph under our prompt id; `client_id` names the websocket that gets its events."""
         response = self._call(
             "POST",
             "/prompt",
-            json={"prompt": graph, "client_id": "farm", "prompt_id": prompt_id},
+            json={"prompt": graph, "client_id": client_id, "prompt_id": prompt_id},
             ok=(200, 400),
         )
         if response.status_code == 400:

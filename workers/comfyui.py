@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from farm.pod_registry import PodRegistry, RegistryKnownHosts
 from workers.base import PermanentError, StepJob, StepResult
 from workers.comfy_client import ComfyClient, execution_error, output_files
 from workers.comfy_pod import ComfyOnPod, ComfySettings, wait_for_run
+from workers.comfy_progress import ProgressWatcher, StepProgress, client_id_for
 from workers.comfy_workflows import fill, load_workflow, validate_graph, values_for_step, workflow_for_step
 from workers.fal_outputs import check_image, check_video
 from workers.gpu_pool import GpuPool, PodLease
@@ -51,7 +53,8 @@ class ComfyEngine:
                 with shell.forward("127.0.0.1", self.settings.port) as tunnel:
                     client = ComfyClient(tunnel.url)
                     try:
-                        metadata = {**setup, **self._render(client, job, workflow.name, lease)}
+                        rendered = self._render(client, tunnel.url, job, workflow.name, lease)
+                        metadata = {**setup, **rendered}
                     finally:
                         client.close()
         finally:
@@ -65,25 +68,27 @@ class ComfyEngine:
     # one step -------------------------------------------------------------------------------------
 
     def _render(
-        self, client: ComfyClient, job: StepJob, workflow_name: str, lease: PodLease
+        self, client: ComfyClient, base_url: str, job: StepJob, workflow_name: str, lease: PodLease
     ) -> dict[str, Any]:
         prompt_id = prompt_id_for(job.step_id)
         entry = client.history(prompt_id)
         resumed = entry is not None or client.queued(prompt_id)
-        if not resumed:
-            names = [client.upload(path) for path in job.inputs]
-            values = values_for_step(job.kind, job.params, names, prefix=f"farm/{job.step_id}")
-            graph = fill(load_workflow(workflow_name), values)
-            validate_graph(graph)
-            self.registry.remember_run(job.step_id, lease.pod_id)
-            client.submit(graph, prompt_id)
-        entry = entry or wait_for_run(
-            client,
-            prompt_id,
-            self.settings.run_timeout_s,
-            self.settings.poll_s,
-            lambda: self.pool.renew(lease),
-        )
+        if entry is None:
+            with ProgressWatcher(base_url, prompt_id, _reporter(job)):
+                if not resumed:
+                    names = [client.upload(path) for path in job.inputs]
+                    values = values_for_step(job.kind, job.params, names, prefix=f"farm/{job.step_id}")
+                    graph = fill(load_workflow(workflow_name), values)
+                    validate_graph(graph)
+                    self.registry.remember_run(job.step_id, lease.pod_id)
+                    client.submit(graph, prompt_id, client_id_for(prompt_id))
+                entry = wait_for_run(
+                    client,
+                    prompt_id,
+                    self.settings.run_timeout_s,
+                    self.settings.poll_s,
+                    lambda: self.pool.renew(lease),
+                )
         failure = execution_error(entry)
         if failure:
             raise PermanentError(f"ComfyUI failed this step: {failure}")
@@ -95,3 +100,11 @@ class ComfyEngine:
         self.registry.forget_run(job.step_id)
         checks = check_video(job) if job.kind == "video" else check_image(job)
         return {"prompt_id": prompt_id, "workflow": workflow_name, "resumed_run": resumed, **checks}
+
+
+def _reporter(job: StepJob) -> Callable[[StepProgress], None]:
+    def report(progress: StepProgress) -> None:
+        if job.report is not None:
+            job.report({"node": progress.node, "value": progress.value, "max": progress.max})
+
+    return report

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 from farm.cli_pods import PodReaper
 from farm.plan import Plan
 from farm.pod_registry import PodRegistry, RegistryKnownHosts
+from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
@@ -288,6 +290,22 @@ def test_ssh_dropped_mid_job_resumes_the_run_without_rendering_it_again(
     record = step_record(gpu_farm, run_id, step_id)
     assert record["retries"] >= 1  # type: ignore[operator]
     assert record["provider"]["resumed_run"] is True  # type: ignore[index]
+
+
+def test_a_running_gpu_step_shows_live_progress_in_the_run_status(
+    gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    with slow_comfyui(gpu_farm, 2.0):
+        run_id, plan = gpu_farm.submit(one_shot_episode(tmp_path, sample_doc, registry_doc, "PRG"))
+        step_id, _ = caught_in_flight(gpu_farm, plan)
+        deadline = time.monotonic() + 60
+        while not (activity := [s.activity for s in snapshot(gpu_farm.runs, run_id).shots if s.activity]):
+            assert time.monotonic() < deadline, "no progress reported while the step ran"
+            time.sleep(0.1)
+        assert re.fullmatch(r"(t2i|img2img|upscale|video) \d+/\d+", activity[0]), activity
+        assert gpu_farm.wait(run_id, timeout_s=300) == "succeeded", gpu_farm.runs.info(run_id)
+    last = gpu_farm.runs.info(run_id)[step_id]["progress"]
+    assert last["value"] == last["max"] > 1, "the last sampler step is always recorded"
 
 
 def test_comfyui_restarted_mid_job_renders_only_the_lost_prompt_again(

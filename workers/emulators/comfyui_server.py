@@ -4,15 +4,17 @@ It follows the project's protocol note (shared/protocols/comfyui.md): the §2 ro
 §3 history entries, validation of §5 API-format graphs against a small list of node classes, one run at a
 time on a worker thread, and the Origin check. Outputs are real files rendered by the embedded engine
 (`workers.local.LocalEngine`) into `<root>/output`, sized, captioned and seeded from the graph, so downloads
-through `/view` or over SFTP, probes and reuse are exercised for real. There is no websocket: poll
-`/history/{prompt_id}` (and `/queue`).
+through `/view` or over SFTP, probes and reuse are exercised for real. §4's websocket (`/ws?clientId=`)
+pushes a run's events to the client that queued it, with one `progress` event per sampler step
+(`workers.emulators.comfy_ws`).
 
 Deliberate differences from ComfyUI:
 - a POST /prompt whose prompt_id is already queued, running or in history answers 200 with that id and runs
   nothing (ComfyUI would queue it a second time and overwrite the history entry);
 - a link to a missing node is reported as `bad_linked_input` (ComfyUI raises inside validation and reports
   `exception_during_inner_validation`);
-- no caching between runs (`execution_cached` always lists no nodes) and no preview or progress events.
+- no caching between runs (`execution_cached` always lists no nodes), no previews, no `progress_state`,
+  and `status` is sent only when a socket connects.
 
 Emulator-only routes, for a copy run as a subprocess: `GET|POST /_faults`, `POST /_restart`, `GET /_executed`.
 """
@@ -40,7 +42,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from PIL import Image
 
 from workers.base import StepJob
-from workers.emulators import http_base
+from workers.emulators import comfy_ws, http_base
+from workers.emulators.comfy_ws import EventSockets
 from workers.emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
 from workers.emulators.http_base import EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
 from workers.local import LocalEngine
@@ -66,6 +69,8 @@ DEFAULT_FRAME_RATE = 16.0
 DEFAULT_UPSCALE_FACTOR = 4
 """Upscale models are mostly 4x; a model name such as `2x-foo.pth` or `RealESRGAN_x2plus` says otherwise."""
 MAX_HISTORY = 10_000
+MAX_PROGRESS_STEPS = 100
+"""A sampler with more steps still reports at most this many `progress` events."""
 """ComfyUI trims its in-memory history past this many entries."""
 
 COMFYUI_VERSION = "0.3.49"
@@ -864,6 +869,29 @@ class _RequestHandler(EmulatorRequestHandler):
     def error_reply(self, exc: Exception) -> Reply:
         return Reply(500, f"emulator error: {exc}".encode())
 
+    def do_GET(self) -> None:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        parts = urlsplit(self.path)
+        if parts.path.removeprefix("/api") != "/ws" or not comfy_ws.is_upgrade(headers):
+            self._serve("GET")
+            return
+        emulator = self.server.emulator
+        assert isinstance(emulator, ComfyUIEmulator)
+        if origin_mismatch(headers):
+            self.send_error(403)
+            return
+        client_id = parse_qs(parts.query).get("clientId", [uuid.uuid4().hex])[-1]
+        self.close_connection = True
+        comfy_ws.serve(
+            self.connection,
+            self.path,
+            headers,
+            emulator.sockets,
+            client_id,
+            emulator.status_event(client_id),
+            emulator.is_stopping,
+        )
+
 
 class ComfyUIEmulator(LoopbackEmulator):
     """ComfyUI's HTTP API on a loopback port, for tests and offline runs.
@@ -894,6 +922,7 @@ class ComfyUIEmulator(LoopbackEmulator):
         self._number = 0
         self._warm = False
         self._stopping = False
+        self.sockets = EventSockets()
         self.routes = self._routes()
 
     # lifecycle: `start()`, `stop()`, `url` and the context manager come from LoopbackEmulator, listening on
@@ -929,6 +958,19 @@ class ComfyUIEmulator(LoopbackEmulator):
 
     # inspection and control
 
+    def status_event(self, client_id: str) -> dict[str, Any]:
+        """What a websocket gets on connect: the queue length and its session id."""
+        with self._cond:
+            remaining = len(self._pending) + (1 if self._running is not None else 0)
+        return {
+            "type": "status",
+            "data": {"status": {"exec_info": {"queue_remaining": remaining}}, "sid": client_id},
+        }
+
+    def is_stopping(self) -> bool:
+        with self._cond:
+            return self._stopping
+
     @property
     def faults(self) -> ComfyFaults:
         with self._cond:
@@ -956,7 +998,8 @@ class ComfyUIEmulator(LoopbackEmulator):
                     "execution_error", run, exception_message=str(exc), exception_type=type(exc).__name__
                 )
                 entry = history_entry(run, {}, [message("execution_start", run), error], ok=False)
-            self._finish(run, entry)
+            if self._finish(run, entry):
+                self._emit(run, "executing", node=None)  # ComfyUI's "done": after the history entry
 
     def _next_run(self) -> Run | None:
         with self._cond:
@@ -969,34 +1012,49 @@ class ComfyUIEmulator(LoopbackEmulator):
             self._executed.append(run.prompt_id)
             return run
 
-    def _finish(self, run: Run, entry: dict[str, Any]) -> None:
+    def _finish(self, run: Run, entry: dict[str, Any]) -> bool:
         with self._cond:
-            if self._running is run:  # else a restart forgot it
+            kept = self._running is run  # else a restart forgot it
+            if kept:
                 self._history[run.prompt_id] = entry
                 while len(self._history) > MAX_HISTORY:
                     del self._history[next(iter(self._history))]
                 self._running = None
             self._cond.notify_all()
+            return kept
+
+    def _emit(self, run: Run, event_type: str, **data: Any) -> None:
+        """A run event to the websocket of the client that queued the run (if it listens)."""
+        self.sockets.send(run.extra_data.get("client_id"), event_type, {**data, "prompt_id": run.prompt_id})
+
+    def _note(self, messages: list[list[Any]], run: Run, name: str, **data: Any) -> None:
+        """A status message kept for the history entry and pushed to the run's websocket."""
+        entry = message(name, run, **data)
+        messages.append(entry)
+        self.sockets.send(run.extra_data.get("client_id"), name, entry[1])
 
     def _execute(self, run: Run) -> dict[str, Any]:
         wf = Workflow(run.graph, self.folders)
         faults = self.faults
-        messages = [message("execution_start", run), message("execution_cached", run, nodes=[])]
+        messages: list[list[Any]] = []
+        self._note(messages, run, "execution_start")
+        self._note(messages, run, "execution_cached", nodes=[])
         outputs: dict[str, Any] = {}
         done: list[str] = []
         try:
             self._load_models(wf, run, faults)
             for output in run.outputs:
                 outputs[output] = self._execute_output(wf, run, output, faults)
+                self._emit(run, "executed", node=output, display_node=output, output=outputs[output])
                 done.extend(node for node in wf.upstream(output) if node not in done)
         except Interrupted as exc:
             info = {"node_id": exc.node_id, "node_type": exc.node_type, "executed": done}
-            messages.append(message("execution_interrupted", run, **info))
+            self._note(messages, run, "execution_interrupted", **info)
             return history_entry(run, outputs, messages, ok=False)
         except NodeFailed as exc:
-            messages.append(message("execution_error", run, **_error_details(exc, done)))
+            self._note(messages, run, "execution_error", **_error_details(exc, done))
             return history_entry(run, outputs, messages, ok=False)
-        messages.append(message("execution_success", run))
+        self._note(messages, run, "execution_success")
         return history_entry(run, outputs, messages, ok=True)
 
     def _load_models(self, wf: Workflow, run: Run, faults: ComfyFaults) -> None:
@@ -1019,11 +1077,15 @@ class ComfyUIEmulator(LoopbackEmulator):
         except Exception as exc:  # every render failure is the node's execution_error
             raise NodeFailed(output, wf.cls(output), str(exc), type(exc).__name__) from exc
 
-    @staticmethod
-    def _pause(wf: Workflow, run: Run, node: str, seconds: float) -> None:
-        """Spend `seconds` "in" `node`; an interrupt (or restart, or stop) ends it at once."""
-        if run.interrupted.wait(seconds):
-            raise Interrupted(node, wf.cls(node))
+    def _pause(self, wf: Workflow, run: Run, node: str, seconds: float) -> None:
+        """Spend `seconds` "in" `node`, in sampler steps that each send a `progress` event; an interrupt
+        (or restart, or stop) ends it at once."""
+        self._emit(run, "executing", node=node, display_node=node)
+        total = max(1, min(wf.integer(node, "steps", 1), MAX_PROGRESS_STEPS))
+        for value in range(1, total + 1):
+            if run.interrupted.wait(seconds / total):
+                raise Interrupted(node, wf.cls(node))
+            self._emit(run, "progress", value=value, max=total, node=node)
 
     # routes
 
