@@ -82,13 +82,14 @@ def _shell(pool: Any, registry: Any, comfy: Any, pod_id: str) -> Any:
 
 @pods_app.command("list")
 def list_pods() -> None:
-    """Every pod: state, GPU, $/h, uptime, idle time, lease holder, current SSH endpoint."""
+    """Every pod: state, GPU, $/h, uptime, busy and idle time, lease holders, current SSH endpoint."""
     with _pool() as (pool, registry, _):
         live = {p.id: p for p in pool.pods.list(pool.limits.name_prefix)}
         table = Table(box=None)
-        for column in ("id", "state", "runpod", "gpu", "$/h", "uptime", "idle", "lease", "ssh"):
+        for column in ("id", "state", "runpod", "gpu", "$/h", "uptime", "busy", "idle", "lease", "ssh"):
             table.add_column(column)
-        for record in registry.pods():
+        records = registry.pods()
+        for record in records:
             info = live.get(record.id)
             table.add_row(
                 record.id,
@@ -97,12 +98,18 @@ def list_pods() -> None:
                 record.gpu,
                 f"{record.cost_per_hr:.2f}",
                 duration(info.uptime_s) if info else "-",
+                duration(record.busy_s),
                 duration(record.idle_s) if record.idle_s else "-",
                 record.lease_holder or "-",
                 str(info.ssh) if info and info.ssh else "-",
             )
         console.print(table)
-        console.print(f"{len(live)} pod(s) at RunPod, ${registry.hourly_cost():.2f}/h for the running ones")
+        idle = [r for r in records if r.state == "running" and r.idle_s]
+        idle_usd = sum(r.idle_s * r.cost_per_hr / 3600 for r in idle)
+        console.print(
+            f"{len(live)} pod(s) at RunPod, ${registry.hourly_cost():.2f}/h for the running ones; "
+            f"{len(idle)} running idle, ${idle_usd:.2f} spent idle since their last job"
+        )
 
 
 def _act(verb: str, action: Callable[[Any, str], None], pod_id: str) -> None:

@@ -1,13 +1,17 @@
-"""The GPU pool's own record of its pods, in Redis: state, price, last use, loaded model family, lease.
+"""The GPU pool's own record of its pods, in Redis: state, price, last use, loaded model family, leases.
 
 A GPU worker holds a pod through a lease with a TTL, renewed while it works; a worker that dies stops
-renewing, the lease lapses, and the reaper sees an idle pod. The SSH endpoint is deliberately not kept:
-it changes on every resume and is always read from RunPod's API.
+renewing, the lease lapses, and the reaper sees an idle pod. A pod has `slots` leases (jobs at a time,
+one unless configured otherwise); each is a key of its own, so leasing is one atomic script. The SSH
+endpoint is deliberately not kept: it changes on every resume and is always read from RunPod's API.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,23 +21,54 @@ PODS_KEY = "farm:pods"
 RUN_POD_TTL_S = 24 * 3600
 """How long the pool remembers which pod holds a step's ComfyUI run (longer than any redelivery)."""
 LIVE_STATES = ("starting", "running")
+MAX_SLOTS = 8
+"""Jobs per pod are capped here; reads look at every possible slot, whatever this process's setting."""
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+# KEYS: a pod's slot keys. ARGV: holder, ttl in ms.
+_LEASE = """
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
+end
 return 0
 """
-_TAKE_OVER = """
-local holder = redis.call('GET', KEYS[1])
-if holder and string.sub(holder, -string.len(ARGV[3])) ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+_RENEW = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 0
 """
+# ARGV[3]: ":<step id>", the end of every holder name for that step.
+_TAKE_OVER = """
+local free = nil
+for i = 1, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder and string.sub(holder, -string.len(ARGV[3])) == ARGV[3] then
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    return 1
+  end
+  if not holder and not free then free = i end
+end
+if free then
+  redis.call('SET', KEYS[free], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS[1]: the pod's record, then its slot keys. ARGV: holder, now, family, busy seconds.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[2], 'last_used', ARGV[2], 'family', ARGV[3])
-redis.call('HINCRBYFLOAT', KEYS[2], 'busy_s', ARGV[4])
-return 1
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    redis.call('HSET', KEYS[1], 'last_used', ARGV[2], 'family', ARGV[3])
+    redis.call('HINCRBYFLOAT', KEYS[1], 'busy_s', ARGV[4])
+    return 1
+  end
+end
+return 0
 """
 
 
@@ -48,19 +83,29 @@ class PodRecord:
     last_used: float
     family: str
     busy_s: float
-    lease_holder: str | None
+    lease_holders: tuple[str, ...]
     comfy_pid: int | None
     comfy_nodes: str = ""
     """The fingerprint of the custom-node list the pod was set up for."""
 
     @property
+    def lease_holder(self) -> str | None:
+        """Who holds the pod (several names when it runs several jobs), None when nobody does."""
+        return ", ".join(self.lease_holders) or None
+
+    @property
     def idle_s(self) -> float:
-        return time.time() - self.last_used if self.lease_holder is None else 0.0
+        return time.time() - self.last_used if not self.lease_holders else 0.0
 
 
 class PodRegistry:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, slots: int = 1) -> None:
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"jobs per pod must be between 1 and {MAX_SLOTS}, not {slots}")
         self.r = client
+        self.slots = slots
+        self._lease = client.register_script(_LEASE)
+        self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._take_over = client.register_script(_TAKE_OVER)
@@ -93,26 +138,48 @@ class PodRegistry:
 
     def forget(self, pod_id: str) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.key(pod_id), self.key(pod_id, "lease"))
+        pipe.delete(self.key(pod_id), self.key(pod_id, "setup"), *self._slot_keys(pod_id, MAX_SLOTS))
         pipe.srem(PODS_KEY, pod_id)
         pipe.execute()
 
     # leases --------------------------------------------------------------------------------------
+    def _slot_keys(self, pod_id: str, count: int | None = None) -> list[str]:
+        return [self.key(pod_id, f"lease:{n}") for n in range(count or self.slots)]
+
     def lease(self, pod_id: str, holder: str, ttl_s: float) -> bool:
-        return bool(self.r.set(self.key(pod_id, "lease"), holder, nx=True, px=int(ttl_s * 1000)))
+        """Take a free slot of the pod, if it has one."""
+        return bool(self._lease(keys=self._slot_keys(pod_id), args=[holder, int(ttl_s * 1000)]))
 
     def take_over(self, pod_id: str, holder: str, ttl_s: float, step_id: str) -> bool:
         """Lease a pod that is free or held for the same step: a redelivered step inherits the lease its
         dead predecessor never released, instead of waiting out the TTL or rendering elsewhere."""
         args: list[str | int] = [holder, int(ttl_s * 1000), f":{step_id}"]
-        return bool(self._take_over(keys=[self.key(pod_id, "lease")], args=args))
+        return bool(self._take_over(keys=self._slot_keys(pod_id), args=args))
 
     def renew(self, pod_id: str, holder: str, ttl_s: float) -> bool:
-        return bool(self._renew(keys=[self.key(pod_id, "lease")], args=[holder, int(ttl_s * 1000)]))
+        return bool(self._renew(keys=self._slot_keys(pod_id), args=[holder, int(ttl_s * 1000)]))
 
     def release(self, pod_id: str, holder: str, *, family: str, busy_s: float) -> bool:
-        keys = [self.key(pod_id, "lease"), self.key(pod_id)]
+        keys = [self.key(pod_id), *self._slot_keys(pod_id)]
         return bool(self._release(keys=keys, args=[holder, time.time(), family, busy_s]))
+
+    @contextlib.contextmanager
+    def setup_lock(
+        self, pod_id: str, ttl_s: float, wait_s: float, tick: Callable[[], object] = lambda: None
+    ) -> Iterator[None]:
+        """One worker at a time gets ComfyUI ready on a pod (jobs sharing a pod would start it twice).
+        TimeoutError when another worker holds it longer than `wait_s`; `tick` runs while waiting."""
+        key, token = self.key(pod_id, "setup"), secrets.token_hex(8)
+        deadline = time.monotonic() + wait_s
+        while not self.r.set(key, token, nx=True, px=int(ttl_s * 1000)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"another worker has been setting up pod {pod_id} for over {wait_s:g} s")
+            tick()
+            time.sleep(0.2)
+        try:
+            yield
+        finally:
+            self._unlock(keys=[key], args=[token])
 
     # where a step's ComfyUI run lives ---------------------------------------------------------------
     def remember_run(self, step_id: str, pod_id: str) -> None:
@@ -131,10 +198,8 @@ class PodRegistry:
         raw = self.r.hgetall(self.key(pod_id))
         if not raw:
             return None
-        holder = self.r.get(self.key(pod_id, "lease"))
-        return _record(
-            pod_id, {_text(k): _text(v) for k, v in raw.items()}, _text(holder) if holder else None
-        )
+        holders = tuple(_text(h) for h in self.r.mget(self._slot_keys(pod_id, MAX_SLOTS)) if h is not None)
+        return _record(pod_id, {_text(k): _text(v) for k, v in raw.items()}, holders)
 
     def pods(self) -> list[PodRecord]:
         records = [self.get(_text(p)) for p in sorted(self.r.smembers(PODS_KEY))]
@@ -142,12 +207,17 @@ class PodRegistry:
 
     def candidates(self, family: str) -> list[PodRecord]:
         """Free pods in the order worth trying: warm with the same models, warm, then stopped ones."""
-        free = [p for p in self.pods() if p.lease_holder is None and p.state in ("running", "stopped")]
-        return sorted(free, key=lambda p: (p.state != "running", p.family != family, -p.last_used))
+        free = [
+            p for p in self.pods() if len(p.lease_holders) < self.slots and p.state in ("running", "stopped")
+        ]
+        return sorted(
+            free,
+            key=lambda p: (p.state != "running", p.family != family, len(p.lease_holders), -p.last_used),
+        )
 
     def idle(self, timeout_s: float) -> list[PodRecord]:
         return [
-            p for p in self.pods() if p.state == "running" and p.lease_holder is None and p.idle_s > timeout_s
+            p for p in self.pods() if p.state == "running" and not p.lease_holders and p.idle_s > timeout_s
         ]
 
     def hourly_cost(self) -> float:
@@ -155,7 +225,7 @@ class PodRegistry:
         return sum(p.cost_per_hr for p in self.pods() if p.state in LIVE_STATES)
 
 
-def _record(pod_id: str, h: dict[str, str], holder: str | None) -> PodRecord:
+def _record(pod_id: str, h: dict[str, str], holders: tuple[str, ...]) -> PodRecord:
     return PodRecord(
         id=pod_id,
         name=h.get("name", ""),
@@ -166,7 +236,7 @@ def _record(pod_id: str, h: dict[str, str], holder: str | None) -> PodRecord:
         last_used=float(h.get("last_used", 0)),
         family=h.get("family", ""),
         busy_s=float(h.get("busy_s", 0)),
-        lease_holder=holder,
+        lease_holders=holders,
         comfy_pid=int(h["comfy_pid"]) if h.get("comfy_pid") else None,
         comfy_nodes=h.get("comfy_nodes", ""),
     )

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     gpu_network_volume: str | None = None
     gpu_mount_path: str = "/workspace"
     gpu_max_pods: int = 2
+    gpu_jobs_per_pod: int = Field(default=1, ge=1, le=8)
+    """Steps one pod runs at a time (ComfyUI queues them; more overlaps transfers with renders)."""
     gpu_max_usd_per_hr: float = 5.0
     gpu_idle_timeout_s: float = 600.0
     gpu_pod_prefix: str = "farm-gpu"

@@ -109,6 +109,15 @@ class ComfyOnPod:
 
         `fresh`: the pod was just resumed, a new container where the recorded PID means nothing.
         Returns what it did, for the step's metadata (empty when ComfyUI was ready already)."""
+        s = self.settings
+        longest = s.install_timeout_s * max(1, len(s.custom_nodes)) + s.start_timeout_s + s.run_timeout_s
+        try:
+            with self.registry.setup_lock(pod_id, ttl_s=longest, wait_s=longest, tick=self.tick):
+                return self._ensure(shell, pod_id, workflow, fresh=fresh)
+        except TimeoutError as exc:
+            raise TransientError(str(exc)) from exc
+
+    def _ensure(self, shell: PodShell, pod_id: str, workflow: Workflow, *, fresh: bool) -> dict[str, Any]:
         record = self.registry.get(pod_id)
         pid = record.comfy_pid if record is not None and not fresh else None
         alive = pid is not None and self.alive(shell, pid)

@@ -60,7 +60,8 @@ class ComfyEngine:
         finally:
             busy = time.monotonic() - started
             self.pool.release(lease, family=workflow.family, busy_s=busy)
-        cost = Decimal(str(round(busy * lease.cost_per_hr / 3600, 6)))
+        # A pod running several jobs at once bills each its share; the empty slots are idle time.
+        cost = Decimal(str(round(busy * lease.cost_per_hr / 3600 / self.registry.slots, 6)))
         return StepResult(
             cost_usd=cost, metadata={**metadata, "pod": lease.pod_id, "pod_seconds": round(busy, 3)}
         )

@@ -57,7 +57,7 @@ def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, Comf
         public_key=public,
     )
     pods = RunpodPods(s.runpod_api_key.get_secret_value(), base_url=s.runpod_url, spec=spec)
-    registry = PodRegistry(services.redis)
+    registry = PodRegistry(services.redis, slots=s.gpu_jobs_per_pod)
     limits = PoolLimits(
         max_pods=s.gpu_max_pods,
         max_usd_per_hr=s.gpu_max_usd_per_hr,

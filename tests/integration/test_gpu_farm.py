@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -31,7 +32,7 @@ from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
-from workers.comfy_pod import ComfyOnPod, CustomNode
+from workers.comfy_pod import START_SCRIPT, ComfyOnPod, CustomNode
 from workers.comfy_workflows import load_workflow
 from workers.comfyui import prompt_id_for
 from workers.emulators.runpod_server import RunpodEmulator, RunpodFaults
@@ -380,6 +381,50 @@ def test_a_new_custom_node_is_installed_and_comfyui_restarted_by_pid(
         pool.release(lease, family="qwen", busy_s=0.0)
 
 
+def test_two_jobs_sharing_a_pod_start_comfyui_once(gpu_farm: GpuFarm) -> None:
+    pool, _, comfy = build_gpu_pool(EngineServices(gpu_farm.settings, gpu_farm.redis))
+    registry = PodRegistry(gpu_farm.redis, slots=2)  # FARM_GPU_JOBS_PER_POD=2
+    pool.registry = registry
+    first = pool.acquire("zimage", "test-holder:1:job-a")
+    others = [p.id for p in registry.pods() if p.id != first.pod_id]
+    for other in others:  # busy elsewhere: the next job has to share
+        while registry.lease(other, "test-holder:0:elsewhere", 60):
+            pass
+    second = pool.acquire("zimage", "test-holder:2:job-b")
+    assert first.pod_id == second.pod_id, "the second job shares the pod"
+    pod_id, workflow = first.pod_id, load_workflow("zimage_t2i")
+    shells = [
+        PodShell(pod_id, lease.endpoint, comfy.key_path, RegistryKnownHosts(registry))
+        for lease in (first, second)
+    ]
+    try:
+        with shells[0]:
+            pid = comfy_pid(registry, pod_id)
+            if pid is not None:
+                ComfyOnPod(registry, comfy, tick=lambda: None).stop(shells[0], pod_id, pid)
+        server = gpu_farm.fleet.servers[pod_id]
+        starts_before = sum(1 for c in server.commands() if START_SCRIPT in c)
+        with ThreadPoolExecutor(2) as threads:
+            done = list(
+                threads.map(
+                    lambda shell: ComfyOnPod(registry, comfy, tick=lambda: None).ensure(
+                        shell, pod_id, workflow, fresh=False
+                    ),
+                    shells,
+                )
+            )
+        assert sum(1 for c in server.commands() if START_SCRIPT in c) == starts_before + 1
+        assert sorted("comfy_start_s" in d for d in done) == [False, True], "one started it, one found it up"
+    finally:
+        for shell in shells:
+            shell.close()
+        for lease in (first, second):
+            pool.release(lease, family="zimage", busy_s=0.0)
+        for other in others:
+            while registry.release(other, "test-holder:0:elsewhere", family="", busy_s=0.0):
+                pass
+
+
 def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:
     env = {**os.environ, **gpu_farm.env, "COLUMNS": "200"}
 
@@ -398,7 +443,8 @@ def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:
     started = pods("up")
     assert started.returncode == 0, started.stderr
     pod_id = started.stdout.split(":")[0]
-    assert pod_id in pods("list").stdout
+    listing = pods("list").stdout
+    assert pod_id in listing and "busy" in listing and "spent idle since their last job" in listing
     echoed = pods("exec", pod_id, "--", "printf", "%s", "a b; $(touch x) 'q'")
     assert echoed.returncode == 0 and echoed.stdout == "a b; $(touch x) 'q'"
     assert pods("exec", pod_id, "--", "sh", "-c", "exit 3").returncode == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from farm.pod_registry import PodRegistry
@@ -75,3 +76,33 @@ def test_the_pod_holding_a_steps_run_is_remembered_until_the_outputs_are_fetched
     assert pods.run_pod("step-z") == "p6"
     pods.forget_run("step-z")
     assert pods.run_pod("step-z") is None
+
+
+def test_a_pod_with_two_slots_runs_two_jobs_and_is_idle_only_when_both_end(client: redis.Redis) -> None:
+    pods = PodRegistry(client, slots=2)
+    pods.register("p7", "farm-gpu-7", gpu="A100 80GB", cost_per_hr=1.19, state="running")
+    assert pods.lease("p7", "host:1:step-a", ttl_s=60) and pods.lease("p7", "host:2:step-b", ttl_s=60)
+    assert not pods.lease("p7", "host:3:step-c", ttl_s=60), "two jobs at a time"
+    assert pods.candidates("wan") == []
+    record = pods.get("p7")
+    assert record is not None and set(record.lease_holders) == {"host:1:step-a", "host:2:step-b"}
+    assert pods.renew("p7", "host:2:step-b", ttl_s=60)
+    assert pods.release("p7", "host:1:step-a", family="wan", busy_s=2)
+    assert [p.id for p in pods.candidates("wan")] == ["p7"] and pods.idle(0) == []
+    assert pods.take_over("p7", "host:9:step-b", ttl_s=60, step_id="step-b"), "its own slot, not a new one"
+    assert pods.get("p7").lease_holders == ("host:9:step-b",)  # type: ignore[union-attr]
+    assert pods.release("p7", "host:9:step-b", family="wan", busy_s=1)
+    time.sleep(0.01)
+    assert [p.id for p in pods.idle(0)] == ["p7"]
+
+
+def test_one_worker_at_a_time_sets_a_pod_up(client: redis.Redis) -> None:
+    pods = PodRegistry(client, slots=2)
+    with (
+        pods.setup_lock("p8", ttl_s=30, wait_s=1),
+        pytest.raises(TimeoutError, match="setting up pod p8"),
+        pods.setup_lock("p8", ttl_s=30, wait_s=0.3),
+    ):
+        pass
+    with pods.setup_lock("p8", ttl_s=30, wait_s=0.3):
+        pass  # released: the next worker gets it at once
