@@ -92,3 +92,14 @@ class FarmHandle:
             assert time.monotonic() < deadline, f"run {run_id} still {progress.status}: {progress.counts}"
             time.sleep(0.2)
         return progress.status
+
+
+def assert_secret_appears_nowhere(handle: FarmHandle, secret: str) -> None:
+    """No log of the farm's processes, no Redis value (queues, task messages, run state) and no manifest
+    holds `secret`."""
+    for log in handle.farm.log_dir.glob("*.log"):
+        assert secret not in log.read_text(errors="replace"), log
+    for key in handle.redis.scan_iter("*"):
+        assert secret.encode() not in (handle.redis.dump(key) or b""), (key, handle.redis.type(key))
+    for manifest in handle.out.rglob("manifest.json"):
+        assert secret not in manifest.read_text(), manifest

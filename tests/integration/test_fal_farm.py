@@ -24,7 +24,7 @@ from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere
 from workers.emulators.fal_server import FalEmulator, Faults
 
 FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
@@ -173,11 +173,4 @@ def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
 
 def test_the_fal_key_appears_nowhere(fal_farm: FalFarm) -> None:
     """After the runs above: logs, every Redis value, the queues and the manifests never hold the key."""
-    for log in fal_farm.farm.log_dir.glob("*.log"):
-        assert FAKE_FAL_SECRET not in log.read_text(errors="replace"), log
-    for key in fal_farm.redis.scan_iter("*"):
-        kind = fal_farm.redis.type(key)
-        dump = fal_farm.redis.dump(key) or b""
-        assert FAKE_FAL_SECRET.encode() not in dump, (key, kind)
-    for manifest in fal_farm.out.rglob("manifest.json"):
-        assert FAKE_FAL_SECRET not in manifest.read_text()
+    assert_secret_appears_nowhere(fal_farm, FAKE_FAL_SECRET)

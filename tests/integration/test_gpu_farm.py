@@ -31,7 +31,7 @@ from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere
 from workers.comfy_pod import START_SCRIPT, ComfyOnPod, CustomNode
 from workers.comfy_workflows import load_workflow
 from workers.comfyui import prompt_id_for
@@ -210,8 +210,9 @@ def test_the_sample_renders_entirely_through_the_gpu_pool(
 
 def test_idle_pods_are_stopped_by_the_reaper(gpu_farm: GpuFarm) -> None:
     pool = gpu_farm.pool()
+    if not any(p.state == "running" for p in pool.registry.pods()):
+        pool.start_new()  # this test alone: no render has left a warm pod
     running = [p.id for p in pool.registry.pods() if p.state == "running"]
-    assert running, "the render above left warm pods"
     time.sleep(gpu_farm.settings.gpu_idle_timeout_s + 0.5)
     reaper = PodReaper(gpu_farm.settings, gpu_farm.farm.broker_url, every_s=0.0)  # what `farm up` runs
     reaper.maybe_reap()
@@ -462,3 +463,10 @@ def test_every_pods_command_against_the_emulator(gpu_farm: GpuFarm) -> None:
     assert (
         missing.returncode == 1 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
     )
+
+
+def test_the_runpod_key_appears_nowhere(gpu_farm: GpuFarm) -> None:
+    """After every run and pods command above: not in logs, Redis, manifests, nor on any pod."""
+    assert_secret_appears_nowhere(gpu_farm, RUNPOD_KEY)
+    commands = [" ".join(c) for server in gpu_farm.fleet.servers.values() for c in server.commands()]
+    assert not any(RUNPOD_KEY in c for c in commands)
