@@ -12,22 +12,21 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import redis
 import typer
 from pydantic import SecretStr
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from farm import dispatch
 from farm.artifacts import namespace_for
-from farm.dispatch import Sender
+from farm.cli_runtime import FAILED, INPUT_ERROR, RunArg, connect, console, require_run, safe_url
 from farm.estimate import estimate as estimate_plan
-from farm.plan import Plan, build_plan
+from farm.plan import Plan, Step, build_plan, build_previz_plan
 from farm.plan_json import money, plan_document
+from farm.previz_sheet import write_previz
 from farm.problems import InputError
 from farm.progress import RunProgress, snapshot
-from farm.redis_server import is_up
+from farm.review import gated_steps
 from farm.routing import QUEUES
 from farm.run_views import print_status, watch
 from farm.settings import Settings, load_settings
@@ -42,12 +41,10 @@ app = typer.Typer(
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
 from farm.cli_pods import PodReaper, pods_app  # noqa: E402
+from farm.cli_review import register as register_review  # noqa: E402
 
 app.add_typer(pods_app, name="pods")
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-"""Piped output (CI, files) gets a fixed width instead of rich's narrow default."""
-
-INPUT_ERROR = 2
+register_review(app)
 
 StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
 RegistryOpt = Annotated[
@@ -126,50 +123,30 @@ def estimate(storyboard: StoryboardArg, registry: RegistryOpt = None, as_json: J
 OutOpt = Annotated[
     Path | None, typer.Option("--out", help="Deliverables folder [default: FARM_OUTPUT or ./renders].")
 ]
-RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
-FAILED = 1
-
-
-def _runtime(settings: Settings) -> tuple[RunStore, Sender]:
-    """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
-    from tasks.app import broker_url, make_app
-    from tasks.sender import CelerySender
-
-    url = broker_url(settings)
-    if not is_up(url):
-        print(
-            f"no farm answers at {_safe_url(url)}: start one with `farm up` (or set FARM_REDIS_URL)",
-            file=sys.stderr,
-        )
-        raise typer.Exit(FAILED)
-    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url))
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for messages."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('//')[0]}//***@{tail}" if sep else url
-
-
-def _require_run(runs: RunStore, run_id: str) -> None:
-    if not runs.exists(run_id):
-        print(f"no run {run_id!r}; `farm runs` lists them", file=sys.stderr)
-        raise typer.Exit(INPUT_ERROR)
 
 
 def _submit(
-    settings: Settings, storyboard: Path, registry: Path | None, out: Path | None
+    settings: Settings,
+    storyboard: Path,
+    registry: Path | None,
+    out: Path | None,
+    *,
+    review: bool = False,
+    previz: bool = False,
 ) -> tuple[RunStore, str]:
-    _, the_plan = _load(storyboard, registry)
-    runs, sender = _runtime(settings)
+    episode, the_plan = _load(storyboard, registry)
+    if previz:
+        the_plan = build_previz_plan(episode)
+    runs, sender = connect(settings)
     run_id = dispatch.submit(
         runs,
         sender,
         the_plan,
         backend=settings.backend(),
         namespace=namespace_for(settings.backend()),
-        output=out or settings.output,
+        output=(out or settings.output) / ("previz" if previz else ""),
         storyboard=str(storyboard.resolve()),
+        gated=gated_steps(the_plan) if review else (),
     )
     return runs, run_id
 
@@ -186,36 +163,42 @@ def submit(
     registry: RegistryOpt = None,
     out: OutOpt = None,
     watch_run: Annotated[bool, typer.Option("--watch", help="Show progress until the run ends.")] = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review", help="Render keyframes and upscales, then hold each shot's video until approved."
+        ),
+    ] = False,
 ) -> None:
     """Validate, plan and enqueue an episode on a running farm; print the run id."""
-    runs, run_id = _submit(load_settings(), storyboard, registry, out)
+    runs, run_id = _submit(load_settings(), storyboard, registry, out, review=review)
     print(run_id)
-    if watch_run and _watch_to_end(runs, run_id).status != "succeeded":
+    if watch_run and _watch_to_end(runs, run_id).status not in ("succeeded", "review"):
         raise typer.Exit(FAILED)
 
 
 @app.command()
 def status(run_id: RunArg) -> None:
     """One row per shot: approach, steps done, state, elapsed, cost; totals and failures."""
-    runs, _ = _runtime(load_settings())
-    _require_run(runs, run_id)
+    runs, _ = connect(load_settings())
+    require_run(runs, run_id)
     print_status(console, snapshot(runs, run_id))
 
 
 @app.command("watch")
 def watch_command(run_id: RunArg) -> None:
-    """Live progress bars until the run ends; exit 0 only if it succeeded."""
-    runs, _ = _runtime(load_settings())
-    _require_run(runs, run_id)
-    if _watch_to_end(runs, run_id).status != "succeeded":
+    """Live progress bars until the run ends or waits for review; exit 0 unless it failed or was cancelled."""
+    runs, _ = connect(load_settings())
+    require_run(runs, run_id)
+    if _watch_to_end(runs, run_id).status not in ("succeeded", "review"):
         raise typer.Exit(FAILED)
 
 
 @app.command()
 def cancel(run_id: RunArg) -> None:
     """Stop releasing steps and revoke queued ones; running steps finish and are kept."""
-    runs, sender = _runtime(load_settings())
-    _require_run(runs, run_id)
+    runs, sender = connect(load_settings())
+    require_run(runs, run_id)
     dispatch.cancel(runs, sender, run_id)
     print(f"{run_id}: {runs.meta(run_id).get('status')}")
 
@@ -223,7 +206,7 @@ def cancel(run_id: RunArg) -> None:
 @app.command("runs")
 def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
     """The most recent runs with their status."""
-    runs, _ = _runtime(load_settings())
+    runs, _ = connect(load_settings())
     table = Table(box=None)
     for column in ("run", "status", "episode", "steps", "elapsed"):
         table.add_column(column)
@@ -310,6 +293,39 @@ def render(
     fal_latency_scale: FalScaleOpt = 0.05,
 ) -> None:
     """Render an episode start to finish on a private embedded farm, then shut it down."""
+    folder, steps = _render_privately(storyboard, registry, out, fal_emulator, fal_latency_scale)
+    episode_step = next(s for s in steps if s.shot is None)
+    print(f"episode: {folder / episode_step.asset_name}")
+    print(f"manifest: {folder / 'manifest.json'}")
+
+
+@app.command()
+def previz(
+    storyboard: StoryboardArg,
+    registry: RegistryOpt = None,
+    out: OutOpt = None,
+    fal_emulator: FalEmulatorOpt = False,
+    fal_latency_scale: FalScaleOpt = 0.05,
+) -> None:
+    """One Z-Image Turbo frame per shot at 512x896, a contact sheet and previz_manifest.json, in previz/."""
+    folder, _ = _render_privately(storyboard, registry, out, fal_emulator, fal_latency_scale, previz=True)
+    manifest, sheet, page = write_previz(folder / "manifest.json")
+    print(f"contact sheet: {sheet}")
+    print(f"page: {page}")
+    print(f"previz manifest: {manifest}")
+
+
+def _render_privately(
+    storyboard: Path,
+    registry: Path | None,
+    out: Path | None,
+    fal_emulator: bool,
+    fal_latency_scale: float,
+    *,
+    previz: bool = False,
+) -> tuple[Path, list[Step]]:
+    """Start a private farm, run the episode (or its previz) to the end, stop the farm; exit 1 unless it
+    succeeded. Returns the deliverables folder and the run's steps."""
     _load(storyboard, registry)  # bad input: problems listed, exit 2, nothing started
     emulator = _use_fal_emulator(fal_latency_scale) if fal_emulator else None
     base = load_settings()
@@ -319,23 +335,22 @@ def render(
         try:
             _announce(farm)
             private_settings = base.model_copy(update={"redis_url": SecretStr(farm.broker_url)})
-            runs, run_id = _submit(private_settings, storyboard, registry, out)
+            runs, run_id = _submit(private_settings, storyboard, registry, out, previz=previz)
             console.print(f"run {run_id}")
             final = _watch_to_end(runs, run_id)
             folder = Path(runs.meta(run_id)["output_dir"])
-            episode_step = next(s for s in runs.steps(run_id).values() if s.shot is None)
+            steps = list(runs.steps(run_id).values())
         finally:
             stop_farm(farm)
             if emulator is not None:
                 emulator.stop()
     if final.status != "succeeded":
         raise typer.Exit(FAILED)
-    print(f"episode: {folder / episode_step.asset_name}")
-    print(f"manifest: {folder / 'manifest.json'}")
+    return folder, steps
 
 
 def _announce(farm: Farm) -> None:
-    console.print(f"broker  {_safe_url(farm.broker_url)}" + ("  (own redis-server)" if farm.redis else ""))
+    console.print(f"broker  {safe_url(farm.broker_url)}" + ("  (own redis-server)" if farm.redis else ""))
     console.print(
         f"workers {', '.join(f'{q} (pid {p.pid})' for q, p in farm.workers.items())}; logs in {farm.log_dir}"
     )

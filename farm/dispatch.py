@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -25,9 +26,18 @@ def deliverables_dir(output: Path, plan: Plan) -> Path:
 
 
 def submit(
-    runs: RunStore, sender: Sender, plan: Plan, *, backend: str, namespace: str, output: Path, storyboard: str
+    runs: RunStore,
+    sender: Sender,
+    plan: Plan,
+    *,
+    backend: str,
+    namespace: str,
+    output: Path,
+    storyboard: str,
+    gated: Collection[str] = (),
 ) -> str:
-    """Store the run and release its root steps; return the run id."""
+    """Store the run and release its root steps; return the run id. `gated` steps wait for review
+    (`farm.review`)."""
     run_id = new_run_id(plan)
     meta = {
         "project": plan.project,
@@ -39,8 +49,9 @@ def submit(
         "namespace": namespace,
         "output_dir": str(deliverables_dir(output, plan).resolve()),
         "approaches": json.dumps({s.shot: s.approach for s in plan.shots}),
+        "review": "1" if gated else "0",
     }
-    roots = runs.create(run_id, plan, meta)
+    roots = runs.create(run_id, plan, meta, gated)
     steps = {s.id: s for s in plan.steps}
     release(runs, sender, run_id, [steps[r] for r in roots], backend)
     return run_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -111,6 +111,27 @@ def build_plan(episode: Episode) -> Plan:
     )
 
 
+PREVIZ_ENGINE = "z_image_turbo"
+
+
+def build_previz_plan(episode: Episode) -> Plan:
+    """One frame per shot (its hero prompt, else its first frame, else its strip's) at the previz size with
+    Z-Image Turbo:
+    a look at the whole episode for a fraction of a cent a shot, before anything expensive is rendered."""
+    board = episode.storyboard
+    builder = _Builder(board, episode.castings)
+    for shot in board.shots:
+        builder.add_previz(shot)
+    return Plan(
+        project=board.project,
+        project_name=board.project_name,
+        episode=board.episode,
+        title=board.title,
+        shots=tuple(builder.summaries[n] for n in sorted(builder.summaries)),
+        steps=tuple(builder.steps.values()),
+    )
+
+
 def step_id(
     kind: StepKind, engine: str, operation: str, params: dict[str, Any], inputs: tuple[str, ...]
 ) -> str:
@@ -191,6 +212,28 @@ class _Builder:
             clip=clip,
             clip_s=clip_s,
             notes=tuple(ctx.casting.notes + notes),
+        )
+
+    def add_previz(self, shot: Shot) -> None:
+        casting = self.castings[shot.shot]
+        notes = list(casting.notes)
+        if casting.engine != PREVIZ_ENGINE:  # its LoRAs are for another model: the triggers stay
+            notes.append(f"previz: {PREVIZ_ENGINE} without the {casting.engine} LoRAs of this shot")
+            casting = replace(casting, engine=PREVIZ_ENGINE, image_loras=[], notes=notes)
+        ctx = _Ctx(self.board, shot, casting, shot_stem(self.board, shot))
+        fields = ("hero_frame", "first_frame", "triptych_prompt", "motion_prompt")
+        prose = next(text for name in fields if (text := shot.prompt(name)) is not None)
+        frame = self._image(ctx, "previz", prose, None, None, size="previz")
+        self.summaries[shot.shot] = ShotSummary(
+            shot=shot.shot,
+            scene=shot.scene,
+            approach=shot.generation_approach,
+            engine=PREVIZ_ENGINE,
+            characters=tuple(shot.characters_in_shot),
+            stem=ctx.stem,
+            clip=frame,
+            clip_s=0.0,
+            notes=tuple(notes),
         )
 
     def add_episode(self) -> None:
@@ -294,7 +337,7 @@ class _Builder:
         if source is not None:
             params["strength"] = strength
         kind = StepKind.T2I if source is None else StepKind.IMG2IMG
-        name = asset(ctx.stem, role if size == "triptych" or role == "hero" else f"{role}_gen", "png")
+        name = asset(ctx.stem, role if size != "production" or role == "hero" else f"{role}_gen", "png")
         return self._add(
             kind,
             ctx.shot.shot,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from farm.plan import Step
+from farm.review import shot_states
 from farm.state import RunStore
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -30,6 +31,8 @@ class ShotProgress:
     """What the provider charged for this shot's finished steps (reused outputs cost nothing)."""
     activity: str = ""
     """What its running steps report from inside the render, e.g. "video 12/30"."""
+    review: str = ""
+    """Its review state in a review run (`farm.review`), else ''."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class RunProgress:
     settled_for_s: float = 0.0
 
     @property
+    def awaiting_review(self) -> bool:
+        """Nothing runs and held video steps wait for a reviewer: watching has nothing more to show."""
+        return self.status == "review"
+
+    @property
     def finished(self) -> bool:
         """Settled and its manifest written (or the worker that should write it is long gone)."""
         return self.status in FINAL_STATUSES and (
@@ -73,6 +81,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     states = runs.states(run_id)
     info = runs.info(run_id)
     approaches = {int(k): str(v) for k, v in json.loads(meta.get("approaches", "{}")).items()}
+    reviews = shot_states(runs, run_id)
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
     ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
@@ -87,7 +96,10 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         settled_for_s=time.time() - ended if meta.get("finished_at") else 0.0,
         estimated_usd=sum((s.cost_usd for s in steps.values()), Decimal(0)),
         spent_usd=sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
-        shots=[_shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches) for n in shots],
+        shots=[
+            _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews)
+            for n in shots
+        ],
         failures=[
             Failure(s.shot, f"{s.kind.value} {s.role}", str(info.get(s.id, {}).get("error", "")))
             for s in steps.values()
@@ -102,6 +114,7 @@ def _shot(
     states: dict[str, str],
     info: dict[str, dict[str, object]],
     approaches: dict[int, str],
+    reviews: dict[int, str],
 ) -> ShotProgress:
     mine = [states.get(s.id, "") for s in steps]
     done = sum(1 for s in mine if s in DONE)
@@ -125,6 +138,7 @@ def _shot(
         activity=", ".join(
             _activity(s, info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st == "running"
         ).strip(", "),
+        review=reviews.get(number, "") if number is not None else "",
     )
 
 
@@ -142,6 +156,8 @@ def _shot_state(states: list[str], done: int) -> str:
         return "done"
     if "running" in states or "queued" in states:
         return "running"
+    if "held" in states:
+        return "held"
     if "cancelled" in states:
         return "cancelled"
     return "waiting"

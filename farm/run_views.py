@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -14,23 +14,28 @@ from rich.table import Table
 from farm.progress import RunProgress
 from farm.views import duration, usd
 
-STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "waiting": "dim", "cancelled": "yellow"}
+STATE_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "running": "cyan",
+    "waiting": "dim",
+    "cancelled": "yellow",
+    "held": "magenta",
+}
 
 
 def status_table(progress: RunProgress) -> Table:
     table = Table(
         title=f"{progress.run_id}  {escape(progress.title)}  [bold]{progress.status}[/]", title_justify="left"
     )
-    for column, justify in (
-        ("shot", "right"),
-        ("approach", "left"),
-        ("steps", "right"),
-        ("state", "left"),
-        ("elapsed", "right"),
-        ("est. $", "right"),
-        ("spent $", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    reviewed = any(s.review for s in progress.shots)
+    columns: list[tuple[str, JustifyMethod]] = [("shot", "right"), ("approach", "left"), ("steps", "right")]
+    columns.append(("state", "left"))
+    if reviewed:
+        columns.append(("review", "left"))
+    columns += [("elapsed", "right"), ("est. $", "right"), ("spent $", "right")]
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
     for shot in progress.shots:
         style = STATE_STYLE.get(shot.state, "")
         state = f"[{style}]{shot.state}[/]" if style else shot.state
@@ -39,6 +44,7 @@ def status_table(progress: RunProgress) -> Table:
             shot.approach,
             f"{shot.done}/{shot.total}",
             f"{state} {escape(shot.activity)}" if shot.activity else state,
+            *([shot.review or "-"] if reviewed else []),
             duration(shot.elapsed_s) if shot.elapsed_s is not None else "-",
             usd(shot.estimated_usd),
             usd(shot.spent_usd),
@@ -49,6 +55,7 @@ def status_table(progress: RunProgress) -> Table:
         "",
         f"{progress.done}/{progress.total}",
         counts,
+        *([""] if reviewed else []),
         duration(progress.elapsed_s),
         usd(progress.estimated_usd),
         usd(progress.spent_usd),
@@ -87,7 +94,7 @@ def watch(console: Console, poll: Callable[[], RunProgress], interval_s: float =
             for shot in current.shots:
                 state = f"{shot.state} {shot.activity}" if shot.activity else shot.state
                 bars.update(per_shot[shot.shot], completed=shot.done, state=escape(state))
-            if current.finished:
+            if current.finished or current.awaiting_review:
                 break
             time.sleep(interval_s)
             current = poll()

@@ -12,7 +12,10 @@ Keys, all under `farm:run:<run id>`:
   :counters     hash "<step id>:<name>" -> retries, cap waits
   :backend      hash step id -> backend, when a step left the run's backend (content-policy fallback)
   :outbox       set of steps marked queued whose message is not yet known to be sent
-`active` counts queued + running steps: when it reaches zero the run has settled.
+  :gated        set of steps held for review (a review run's video steps) until their shot is approved
+  :review       hash shot number -> needs_review | approved | retake (a reviewer's decision)
+`active` counts queued + running steps: when it reaches zero the run has settled, or waits in `review`
+while gated steps remain. A gated step whose inputs are all done is `held`, not queued.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +36,12 @@ RUNS_KEY = "farm:runs"
 SETTLED = ("done", "cached")
 
 _FINISH = """
-local function finish(run, now)
+local function finish(run, now, gated)
   local status = redis.call('HGET', run, 'status')
+  if status ~= 'cancelling' and redis.call('SCARD', gated) > 0 then
+    redis.call('HSET', run, 'status', 'review')
+    return 'review'
+  end
   local outcome
   if status == 'cancelling' then
     outcome = 'cancelled'
@@ -65,7 +73,7 @@ return 1
 _COMPLETE = (
     _FINISH
     + """
-local state, waiting, deps, run, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, waiting, deps, run, outbox, gated = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local step, final, now = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', state, step)
 if cur ~= 'running' and cur ~= 'queued' then return {'-'} end
@@ -78,14 +86,18 @@ if list then
   for _, d in ipairs(cjson.decode(list)) do
     local n = redis.call('HINCRBY', waiting, d, -1)
     if n == 0 and status == 'running' and redis.call('HGET', state, d) == 'waiting' then
-      redis.call('HSET', state, d, 'queued')
-      redis.call('SADD', outbox, d)
-      table.insert(released, d)
+      if redis.call('SISMEMBER', gated, d) == 1 then
+        redis.call('HSET', state, d, 'held')
+      else
+        redis.call('HSET', state, d, 'queued')
+        redis.call('SADD', outbox, d)
+        table.insert(released, d)
+      end
     end
   end
 end
 local outcome = ''
-if redis.call('HINCRBY', run, 'active', #released - 1) == 0 then outcome = finish(run, now) end
+if redis.call('HINCRBY', run, 'active', #released - 1) == 0 then outcome = finish(run, now, gated) end
 return {outcome, unpack(released)}
 """
 )
@@ -93,13 +105,13 @@ return {outcome, unpack(released)}
 _FAIL = (
     _FINISH
     + """
-local state, run = KEYS[1], KEYS[2]
+local state, run, gated = KEYS[1], KEYS[2], KEYS[3]
 local step, now = ARGV[1], ARGV[2]
 local cur = redis.call('HGET', state, step)
 if cur ~= 'running' and cur ~= 'queued' then return '-' end
 redis.call('HSET', state, step, 'failed')
 redis.call('HINCRBY', run, 'failed', 1)
-if redis.call('HINCRBY', run, 'active', -1) == 0 then return finish(run, now) end
+if redis.call('HINCRBY', run, 'active', -1) == 0 then return finish(run, now, gated) end
 return ''
 """
 )
@@ -107,9 +119,10 @@ return ''
 _CANCEL = (
     _FINISH
     + """
-local state, run = KEYS[1], KEYS[2]
+local state, run, gated = KEYS[1], KEYS[2], KEYS[3]
 local now = ARGV[1]
-if redis.call('HGET', run, 'status') ~= 'running' then return {'-'} end
+local status = redis.call('HGET', run, 'status')
+if status ~= 'running' and status ~= 'review' then return {'-'} end
 redis.call('HSET', run, 'status', 'cancelling')
 local revoked = {}
 local all = redis.call('HGETALL', state)
@@ -118,13 +131,36 @@ for i = 1, #all, 2 do
   if s == 'queued' then
     redis.call('HSET', state, step, 'cancelled')
     table.insert(revoked, step)
-  elseif s == 'waiting' then
+  elseif s == 'waiting' or s == 'held' then
     redis.call('HSET', state, step, 'cancelled')
   end
 end
 local outcome = ''
-if redis.call('HINCRBY', run, 'active', 0 - #revoked) == 0 then outcome = finish(run, now) end
+if redis.call('HINCRBY', run, 'active', 0 - #revoked) == 0 then outcome = finish(run, now, gated) end
 return {outcome, unpack(revoked)}
+"""
+)
+
+# ARGV: now, then the step ids to un-gate.
+_APPROVE = (
+    _FINISH
+    + """
+local state, run, gated, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local status = redis.call('HGET', run, 'status')
+if status ~= 'running' and status ~= 'review' then return {'-'} end
+local released = {}
+for i = 2, #ARGV do
+  local step = ARGV[i]
+  if redis.call('SREM', gated, step) == 1 and redis.call('HGET', state, step) == 'held' then
+    redis.call('HSET', state, step, 'queued')
+    redis.call('SADD', outbox, step)
+    table.insert(released, step)
+  end
+end
+if #released > 0 then redis.call('HSET', run, 'status', 'running') end
+local outcome = ''
+if redis.call('HINCRBY', run, 'active', #released) == 0 then outcome = finish(run, ARGV[1], gated) end
+return {outcome, unpack(released)}
 """
 )
 
@@ -154,6 +190,7 @@ class RunStore:
         self._fail = client.register_script(_FAIL)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE)
+        self._approve = client.register_script(_APPROVE)
 
     # keys ----------------------------------------------------------------------------------------
     @staticmethod
@@ -161,8 +198,9 @@ class RunStore:
         return f"farm:run:{run_id}" + (f":{part}" if part else "")
 
     # creation ------------------------------------------------------------------------------------
-    def create(self, run_id: str, plan: Plan, meta: dict[str, str]) -> list[str]:
-        """Store the plan and its state in one transaction; return the root steps, already queued."""
+    def create(self, run_id: str, plan: Plan, meta: dict[str, str], gated: Collection[str] = ()) -> list[str]:
+        """Store the plan and its state in one transaction; return the root steps, already queued.
+        `gated` steps wait for review: they are held, not queued, once their inputs are done."""
         dependents: dict[str, list[str]] = defaultdict(list)
         for step in plan.steps:
             for source in step.inputs:
@@ -197,6 +235,8 @@ class RunStore:
         pipe.zadd(RUNS_KEY, {run_id: float(now)})
         if roots:
             pipe.sadd(self.key(run_id, "outbox"), *roots)
+        if gated:
+            pipe.sadd(self.key(run_id, "gated"), *gated)
         pipe.execute()
         return roots
 
@@ -208,7 +248,7 @@ class RunStore:
 
     def complete(self, run_id: str, step_id: str, *, cached: bool = False) -> Completion:
         keys = [self.key(run_id, p) for p in ("state", "waiting", "dependents")] + [self.key(run_id)]
-        keys.append(self.key(run_id, "outbox"))
+        keys += [self.key(run_id, "outbox"), self.key(run_id, "gated")]
         reply = self._complete(keys=keys, args=[step_id, "cached" if cached else "done", str(time.time())])
         head = _text(reply[0])
         if head == "-":
@@ -218,16 +258,41 @@ class RunStore:
     def fail(self, run_id: str, step_id: str, reason: str) -> str:
         """Mark the step failed with a reason; return the run outcome if this settled the run."""
         self.set_info(run_id, step_id, error=reason)
-        keys = [self.key(run_id, "state"), self.key(run_id)]
+        keys = [self.key(run_id, "state"), self.key(run_id), self.key(run_id, "gated")]
         outcome = _text(self._fail(keys=keys, args=[step_id, str(time.time())]))
         return "" if outcome == "-" else outcome
 
     def cancel(self, run_id: str) -> tuple[list[str], str]:
         """Stop releasing; return the queued steps to revoke and the outcome if already settled."""
-        reply = self._cancel(keys=[self.key(run_id, "state"), self.key(run_id)], args=[str(time.time())])
+        keys = [self.key(run_id, "state"), self.key(run_id), self.key(run_id, "gated")]
+        reply = self._cancel(keys=keys, args=[str(time.time())])
         if _text(reply[0]) == "-":
             return [], ""
         return [_text(x) for x in reply[1:]], _text(reply[0])
+
+    def approve(self, run_id: str, step_ids: Collection[str]) -> Completion:
+        """Un-gate steps: those already held are queued now (send them), the others run when ready."""
+        keys = [
+            self.key(run_id, "state"),
+            self.key(run_id),
+            self.key(run_id, "gated"),
+            self.key(run_id, "outbox"),
+        ]
+        reply = self._approve(keys=keys, args=[str(time.time()), *step_ids])
+        head = _text(reply[0])
+        if head == "-":
+            return Completion([], "", duplicate=True)
+        return Completion([_text(x) for x in reply[1:]], head)
+
+    def gated(self, run_id: str) -> set[str]:
+        return {_text(s) for s in self.r.smembers(self.key(run_id, "gated"))}
+
+    def mark_review(self, run_id: str, shot: int, decision: str) -> None:
+        """A reviewer's decision on a shot: needs_review, approved or retake."""
+        self.r.hset(self.key(run_id, "review"), str(shot), decision)
+
+    def reviews(self, run_id: str) -> dict[int, str]:
+        return {int(_text(k)): _text(v) for k, v in self.r.hgetall(self.key(run_id, "review")).items()}
 
     def sent(self, run_id: str, step_id: str) -> None:
         """The step's message is on its queue: it leaves the outbox."""

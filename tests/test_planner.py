@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from farm.engines import CARDS
-from farm.plan import DEFAULT_HELD_S, HERO_TO_FRAME_STRENGTH, Plan, Step, StepKind, build_plan
+from farm.plan import (
+    DEFAULT_HELD_S,
+    HERO_TO_FRAME_STRENGTH,
+    Plan,
+    Step,
+    StepKind,
+    build_plan,
+    build_previz_plan,
+)
 from farm.prompts import compile_image_prompt
 from farm.validate import load_episode
 from tests.conftest import SAMPLE_TOTALS
@@ -590,3 +598,22 @@ def test_editing_one_shot_keeps_other_step_ids(
         (3, StepKind.VIDEO, "clip"),
         (None, StepKind.CONCAT, "episode"),
     }
+
+
+def test_previz_plans_one_small_z_image_frame_per_shot_from_its_best_prompt(sample_path: Path) -> None:
+    episode = load_episode(sample_path)
+    previz = build_previz_plan(episode)
+    assert [s.shot for s in previz.steps] == [s.shot for s in episode.storyboard.shots]
+    assert all(s.kind is StepKind.T2I and not s.inputs for s in previz.steps)
+    assert all(
+        (s.params["width"], s.params["height"], s.params["steps"]) == (512, 896, 8) for s in previz.steps
+    )
+    assert {s.engine for s in previz.steps} == {"z_image_turbo"}
+    for step, shot in zip(previz.steps, episode.storyboard.shots, strict=True):
+        prose = shot.prompt("hero_frame") or shot.prompt("first_frame") or shot.prompt("triptych_prompt")
+        assert prose is not None
+        triggers, limit = episode.castings[shot.shot].triggers, CARDS["z_image_turbo"].word_limit
+        assert step.params["prompt"] == compile_image_prompt(prose, triggers, limit).text
+        assert step.asset_name.endswith("_previz.png")
+    production = {s.id for s in build_plan(episode).steps}
+    assert not production & {s.id for s in previz.steps}, "previz frames never stand in for production ones"

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 from farm.settings import Settings
 from farm.supervisor import flower_credentials, free_port
 from tests.conftest import EXAMPLE, Doc
@@ -133,3 +136,31 @@ def test_render_with_the_fal_emulator(tmp_path: Path, sample_doc: Doc, registry_
     paid = [row for row in manifest["steps"] if row["kind"] == "t2i"]
     assert paid and all(row["backend"] == "fal" and row["provider"]["request_id"] for row in paid)
     assert manifest["cost_usd"]["actual"] == manifest["cost_usd"]["estimated"] > 0
+
+
+def test_previz_renders_one_small_frame_per_shot_and_a_contact_sheet(
+    tmp_path: Path, sample_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "previz", str(sample_path), "--out", str(out)],
+        env=farm_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = out / "previz" / "leviathan" / "ep_001"
+    previz = json.loads((folder / "previz_manifest.json").read_text())
+    shots = previz["shots"]
+    assert [s["shot"] for s in shots] == list(range(1, 11)), "one frame per shot"
+    assert all(s["engine"] == "z_image_turbo" and s["steps"] == 8 and s["size"] == [512, 896] for s in shots)
+    for shot in shots:
+        with Image.open(folder / shot["file"]) as frame:
+            assert frame.size == (512, 896)
+    assert previz["cost_usd"]["estimated"] == pytest.approx(10 * 0.005)
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        assert sheet.size == (5 * 160, 2 * (280 + 22))
+    page = (folder / "contact_sheet.html").read_text()
+    assert page.count("<figure>") == 10 and shots[0]["file"] in page
+    assert not (out / "leviathan").exists(), "previz never writes into the episode's own folder"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from farm import dispatch
+from farm import dispatch, review
 from farm.plan import Plan
 from farm.progress import snapshot
 from farm.routing import QUEUES
@@ -209,3 +209,47 @@ def test_worker_command_runs_one_pool_in_the_foreground(farm: FarmHandle) -> Non
         assert "gpu" in read_until(process, " ready.")
         process.terminate()
         assert process.wait(60) == 0
+
+
+def wait_for_status(farm: FarmHandle, run_id: str, wanted: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (status := farm.runs.meta(run_id).get("status")) != wanted:
+        assert time.monotonic() < deadline, f"run {run_id} is {status}, not {wanted}"
+        assert status not in ("failed", "cancelled"), snapshot(farm.runs, run_id).failures
+        time.sleep(0.2)
+
+
+def test_a_review_run_renders_no_video_before_its_shot_is_approved(
+    farm: FarmHandle, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    doc = copy.deepcopy(sample_doc)
+    doc["project"] = "REV"  # its own step ids: nothing comes from the store
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    (tmp_path / "storyboard.json").write_text(json.dumps(doc))
+    submitted = farm_cli(farm, "submit", str(tmp_path / "storyboard.json"), "--review", "--watch")
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.splitlines()[0]
+    assert farm.runs.meta(run_id)["status"] == "review", "watching stops when the run waits for review"
+    steps, info = farm.runs.steps(run_id), farm.runs.info(run_id)
+    held = {s.id: s for s in steps.values() if s.id in farm.runs.gated(run_id)}
+    assert held and all("started_at" not in info.get(step_id, {}) for step_id in held), "no video ran"
+    assert set(review.shot_states(farm.runs, run_id).values()) == {"generated"}
+    first, second, *_ = sorted({s.shot for s in held.values() if s.shot is not None})
+
+    approved = farm_cli(farm, "approve", run_id, str(first))
+    assert approved.returncode == 0 and f"approved shot(s) {first}" in approved.stdout, approved.stderr
+    wait_for_status(farm, run_id, "review")
+    states = farm.runs.states(run_id)
+    assert all(states[i] == "done" for i, s in held.items() if s.shot == first)
+    assert all(states[i] == "held" for i, s in held.items() if s.shot != first)
+    status = farm_cli(farm, "status", run_id)
+    assert "review" in status.stdout and "approved" in status.stdout and "generated" in status.stdout
+
+    review.mark(farm.runs, run_id, [second], "approved")  # as the dailies page does
+    rendered = farm_cli(farm, "render-video", run_id)
+    assert f"for shot(s) {first}, {second}" in rendered.stdout and "waiting for approval: " in rendered.stdout
+    wait_for_status(farm, run_id, "review")
+    assert farm_cli(farm, "approve", run_id, "99").returncode == 2
+    assert farm_cli(farm, "approve", run_id, "--all").returncode == 0
+    assert farm.wait(run_id) == "succeeded"
+    assert (Path(farm.runs.meta(run_id)["output_dir"]) / "manifest.json").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import redis
 
 from farm.plan import Plan, build_plan
+from farm.review import gated_steps
 from farm.state import RunStore
 from farm.validate import load_episode
 
@@ -138,3 +139,35 @@ def test_released_steps_whose_message_was_lost_are_sent_again(client: redis.Redi
     assert resend_unsent(runs, recorder) == len(released)
     assert sorted(step for _, step, _ in recorder.sent) == sorted(released)
     assert runs.outbox("r7") == []
+
+
+def test_gated_steps_are_held_until_approved_and_the_run_waits_in_review(
+    client: redis.Redis, sample_path: Path
+) -> None:
+    plan = sample_plan(sample_path)
+    gated = set(gated_steps(plan))
+    runs = RunStore(client)
+    order = drain(runs, "r9", runs.create("r9", plan, {"review": "1"}, gated))
+    assert gated and not gated & set(order), "no gated step was released"
+    assert {runs.states("r9")[s] for s in gated} <= {"held", "waiting"}
+    assert runs.meta("r9")["status"] == "review" and "finished_at" not in runs.meta("r9")
+    shot = next(s.shot for s in plan.steps if s.id in gated)
+    mine = [s.id for s in plan.steps if s.id in gated and s.shot == shot]
+    approved = runs.approve("r9", mine)
+    assert approved.released and set(approved.released) <= set(mine)
+    assert runs.meta("r9")["status"] == "running"
+    drain(runs, "r9", approved.released)
+    assert runs.meta("r9")["status"] == "review", "the other shots still wait"
+    rest = runs.approve("r9", sorted(runs.gated("r9")))
+    drain(runs, "r9", rest.released)
+    assert runs.meta("r9")["status"] == "succeeded"
+    assert runs.meta("r9")["done"] == str(len(plan.steps))
+
+
+def test_cancelling_a_run_in_review_cancels_its_held_steps(client: redis.Redis, sample_path: Path) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    drain(runs, "r10", runs.create("r10", plan, {"review": "1"}, gated_steps(plan)))
+    revoked, outcome = runs.cancel("r10")
+    assert revoked == [] and outcome == "cancelled"
+    assert "held" not in runs.states("r10").values()

@@ -1,0 +1,50 @@
+"""What the CLI's command groups share: the console, exit codes, and the connection to a running farm."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import redis
+import typer
+from rich.console import Console
+
+from farm.dispatch import Sender
+from farm.redis_server import is_up
+from farm.settings import Settings
+from farm.state import RunStore
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+"""Piped output (CI, files) gets a fixed width instead of rich's narrow default."""
+
+FAILED = 1
+INPUT_ERROR = 2
+
+RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
+
+
+def connect(settings: Settings) -> tuple[RunStore, Sender]:
+    """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
+    from tasks.app import broker_url, make_app
+    from tasks.sender import CelerySender
+
+    url = broker_url(settings)
+    if not is_up(url):
+        print(
+            f"no farm answers at {safe_url(url)}: start one with `farm up` (or set FARM_REDIS_URL)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(FAILED)
+    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url))
+
+
+def safe_url(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if sep else url
+
+
+def require_run(runs: RunStore, run_id: str) -> None:
+    if not runs.exists(run_id):
+        print(f"no run {run_id!r}; `farm runs` lists them", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)
