@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,24 @@ def paid_steps(plan: Plan) -> list[str]:
     return [s.id for s in plan.steps if s.cost_usd > 0]
 
 
-def assert_one_submit_per_paid_step(emulator: FalEmulator, plan: Plan) -> None:
-    counts = emulator.submits_by_payload()
+def assert_one_submit_per_paid_step(
+    emulator: FalEmulator, plan: Plan, unconfirmed: frozenset[str] = frozenset()
+) -> None:
+    """One submit per paid step, except the documented window (docs/fal.md): a worker killed after fal
+    accepted a submit but before its id was stored leaves a claim without an id; that step is submitted
+    once more after the grace period and marked `unconfirmed_submit`. Such steps may have exactly two."""
     seeds = {s.params["seed"]: s for s in plan.steps if s.cost_usd > 0}
-    mine = [e for e in emulator.ledger() if e["payload"].get("seed") in seeds]
-    assert len(mine) == len(seeds), f"{len(mine)} submits for {len(seeds)} paid steps"
-    assert all(counts[e["payload_sha256"]] == 1 for e in mine)
+    per_step = Counter(
+        seeds[e["payload"]["seed"]].id for e in emulator.ledger() if e["payload"].get("seed") in seeds
+    )
+    assert set(per_step) == {s.id for s in seeds.values()}, "every paid step was submitted"
+    wrong = {step: n for step, n in per_step.items() if n != (2 if step in unconfirmed else 1)}
+    assert not wrong, f"submits per step (unconfirmed: {sorted(unconfirmed)}): {wrong}"
+
+
+def unconfirmed_submits(handle: FarmHandle, run_id: str) -> frozenset[str]:
+    manifest = json.loads(Path(handle.runs.meta(run_id)["manifest"]).read_text())
+    return frozenset(r["id"] for r in manifest["steps"] if (r["provider"] or {}).get("unconfirmed_submit"))
 
 
 def test_sample_renders_through_fal_with_one_submit_per_paid_step(
@@ -128,7 +141,9 @@ def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_sub
     finally:
         fal_farm.emulator.latency_scale = 0.01
     assert max(fal_farm.runs.deliveries(run_id).values()) >= 2, "some step was redelivered after the kill"
-    assert_one_submit_per_paid_step(fal_farm.emulator, plan)
+    unconfirmed = unconfirmed_submits(fal_farm, run_id)
+    assert len(unconfirmed) <= 2, "only a submit cut off by the kill itself can be unconfirmed"
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan, unconfirmed)
 
 
 def test_5xx_and_429_storms_are_retried_boundedly_and_counted(
