@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from farm.plan import Step
-from farm.review import shot_states
+from farm.review import review_states
 from farm.state import RunStore
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -81,7 +81,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     states = runs.states(run_id)
     info = runs.info(run_id)
     approaches = {int(k): str(v) for k, v in json.loads(meta.get("approaches", "{}")).items()}
-    reviews = shot_states(runs, run_id)
+    reviews = review_states(runs, run_id, meta, steps, states)
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
     ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()

@@ -37,10 +37,16 @@ def gated_steps(plan: Plan) -> list[str]:
 
 def shot_states(runs: RunStore, run_id: str) -> dict[int, str]:
     """Every shot's review state (empty for a run submitted without review)."""
-    if runs.meta(run_id).get("review") != "1":
+    meta = runs.meta(run_id)
+    return review_states(runs, run_id, meta, runs.steps(run_id), runs.states(run_id))
+
+
+def review_states(
+    runs: RunStore, run_id: str, meta: dict[str, str], steps: dict[str, Step], states: dict[str, str]
+) -> dict[int, str]:
+    """`shot_states` from a run's metadata, steps and states already read (progress polls them anyway)."""
+    if meta.get("review") != "1":
         return {}
-    steps = runs.steps(run_id)
-    states = runs.states(run_id)
     decisions = runs.reviews(run_id)
     result: dict[int, str] = {}
     for shot in sorted({s.shot for s in steps.values() if s.shot is not None}):
@@ -60,8 +66,8 @@ def approve(runs: RunStore, sender: Sender, run_id: str, shots: list[int]) -> Re
     _check_shots(steps, shots)
     for shot in shots:
         runs.mark_review(run_id, shot, "approved")
-    wanted = set(shots)
-    ids = [s.id for s in steps.values() if s.shot in wanted and s.id in runs.gated(run_id)]
+    wanted, gated = set(shots), runs.gated(run_id)
+    ids = [s.id for s in steps.values() if s.shot in wanted and s.id in gated]
     completion = runs.approve(run_id, ids)
     backend = runs.meta(run_id)["backend"]
     release(runs, sender, run_id, [steps[i] for i in completion.released], backend)

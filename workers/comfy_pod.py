@@ -133,10 +133,10 @@ class ComfyOnPod:
         if alive:
             return done
         started = time.monotonic()
-        self._start(shell, pod_id)
+        pid = self._start(shell, pod_id)
         done["comfy_start_s"] = round(time.monotonic() - started, 3)
         if self.settings.warm_up:
-            done["warm_up_s"] = self._warm_up(shell, pod_id, workflow)
+            done["warm_up_s"] = self._warm_up(shell, pod_id, pid, workflow)
         return done
 
     def alive(self, shell: PodShell, pid: int) -> bool:
@@ -183,7 +183,8 @@ class ComfyOnPod:
             self.tick()
         return [node.name for node in missing]
 
-    def _start(self, shell: PodShell, pod_id: str) -> None:
+    def _start(self, shell: PodShell, pod_id: str) -> int:
+        """Start ComfyUI in the background, record its PID, wait until it answers; returns the PID."""
         result = shell.run(["sh", "-c", START_SCRIPT, "sh", self.settings.comfy_dir, *self.settings.command])
         pid = int(result.stdout.strip().splitlines()[-1])
         self.registry.set(pod_id, comfy_pid=pid, comfy_started_at=time.time())
@@ -196,13 +197,12 @@ class ComfyOnPod:
                 )
             self.tick()
             time.sleep(0.5)
+        return pid
 
-    def _warm_up(self, shell: PodShell, pod_id: str, workflow: Workflow) -> float:
+    def _warm_up(self, shell: PodShell, pod_id: str, pid: int, workflow: Workflow) -> float:
         """One small run of `workflow` right after a start, so the models are in VRAM for real steps."""
         started = time.monotonic()
-        record = self.registry.get(pod_id)
-        boot = record.comfy_pid if record is not None else 0
-        prompt_id = str(uuid.uuid5(WARM_UP_NAMESPACE, f"{pod_id}:{boot}:{workflow.name}"))
+        prompt_id = str(uuid.uuid5(WARM_UP_NAMESPACE, f"{pod_id}:{pid}:{workflow.name}"))
         with shell.forward("127.0.0.1", self.settings.port) as tunnel:
             client = ComfyClient(tunnel.url)
             try:

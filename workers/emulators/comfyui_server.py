@@ -826,17 +826,8 @@ def history_entry(run: Run, outputs: dict[str, Any], messages: list[list[Any]], 
 
 
 @dataclass(frozen=True)
-class Call:
-    """One parsed HTTP request, as the route handlers see it."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    """Lower-cased names."""
-    body: bytes
-    params: Mapping[str, str] = field(default_factory=dict)
-    """Named groups of the matched route."""
+class Call(http_base.Call):
+    """A request whose JSON body must be an object, as every ComfyUI route that reads one expects."""
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (an empty body is {}); anything else is a 400."""

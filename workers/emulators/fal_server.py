@@ -48,7 +48,7 @@ from PIL import Image
 from farm.engines import CARDS, Operation
 from workers.base import EngineError, StepJob
 from workers.emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
-from workers.emulators.http_base import EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
+from workers.emulators.http_base import Call, EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
 from workers.emulators.http_base import Reply as Reply
 from workers.emulators.http_base import json_reply as json_reply
 from workers.local import LocalEngine
@@ -507,23 +507,6 @@ class Renderer:
 
 
 # the emulator ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """One parsed HTTP request, as the route handlers see it."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    """Lower-cased names."""
-    body: bytes
-    params: Mapping[str, str] = field(default_factory=dict)
-    """Named groups of the matched route."""
-
-    def json(self) -> Any:
-        return json.loads(self.body or b"{}")
 
 
 Handler = Callable[[Call], Reply | None]

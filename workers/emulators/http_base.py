@@ -30,6 +30,24 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One parsed HTTP request, as an emulator's route handlers see it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    """Lower-cased names."""
+    body: bytes
+    params: Mapping[str, str] = field(default_factory=dict)
+    """Named groups of the matched route."""
+
+    def json(self) -> Any:
+        """The body parsed as JSON (an empty body is {}); ValueError when it is not JSON."""
+        return json.loads(self.body or b"{}")
+
+
 def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
     return Reply(status, json.dumps(doc).encode(), "application/json", dict(headers or {}))
 
