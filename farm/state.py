@@ -14,6 +14,9 @@ Keys, all under `farm:run:<run id>`:
   :outbox       set of steps marked queued whose message is not yet known to be sent
   :gated        set of steps held for review (a review run's video steps) until their shot is approved
   :review       hash shot number -> needs_review | approved | retake (a reviewer's decision)
+  :takes        hash shot number -> its current take (absent: take 1); a retake adds one
+  :history      list of step ids a retake replaced, oldest first (their outputs stay on disk)
+  :source       hash storyboard | registry -> the documents the run was planned from (JSON text)
 `active` counts queued + running steps: when it reaches zero the run has settled, or waits in `review`
 while gated steps remain. A gated step whose inputs are all done is `held`, not queued.
 """
@@ -293,6 +296,16 @@ class RunStore:
 
     def reviews(self, run_id: str) -> dict[int, str]:
         return {int(_text(k)): _text(v) for k, v in self.r.hgetall(self.key(run_id, "review")).items()}
+
+    def takes(self, run_id: str) -> dict[int, int]:
+        """Each retaken shot's current take; a shot that is not here is on its first take."""
+        return {int(_text(k)): int(v) for k, v in self.r.hgetall(self.key(run_id, "takes")).items()}
+
+    def history(self, run_id: str) -> list[Step]:
+        """Steps of earlier takes that a retake replaced, oldest first."""
+        ids = [_text(i) for i in self.r.lrange(self.key(run_id, "history"), 0, -1)]
+        raw = self.r.hmget(self.key(run_id, "steps"), ids) if ids else []
+        return [Step.model_validate_json(blob) for blob in raw if blob is not None]
 
     def sent(self, run_id: str, step_id: str) -> None:
         """The step's message is on its queue: it leaves the outbox."""
