@@ -26,6 +26,7 @@ from farm.plan_json import money, plan_document
 from farm.previz_sheet import write_previz
 from farm.problems import InputError
 from farm.progress import RunProgress, snapshot
+from farm.retake import run_source
 from farm.review import gated_steps
 from farm.routing import QUEUES
 from farm.run_views import print_status, watch
@@ -147,6 +148,7 @@ def _submit(
         output=(out or settings.output) / ("previz" if previz else ""),
         storyboard=str(storyboard.resolve()),
         gated=gated_steps(the_plan) if review else (),
+        source=run_source(episode),
     )
     return runs, run_id
 

@@ -1,15 +1,22 @@
-"""`farm approve` and `farm render-video`: the reviewer's side of a run submitted with `--review`."""
+"""`farm approve`, `farm render-video` and `farm retake`: the reviewer's side of a run."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from farm import review
 from farm.cli_runtime import INPUT_ERROR, RunArg, connect, console, require_run
+from farm.dispatch import Sender
+from farm.problems import InputError
+from farm.retake import Changes, RetakeError, RetakePlan, plan_retake
+from farm.retake import retake as make_retake
 from farm.settings import load_settings
+from farm.state import RunStore
+from farm.views import usd
 
 ShotsArg = Annotated[list[int] | None, typer.Argument(help="Shot numbers.", show_default=False)]
 
@@ -45,6 +52,55 @@ def render_video(run_id: RunArg) -> None:
     console.print(f"waiting for approval: {_shots(waiting)}")
 
 
+def retake(
+    run_id: RunArg,
+    shot: Annotated[int, typer.Argument(help="The shot to retake.", show_default=False)],
+    first: Annotated[str | None, typer.Option("--first", help="New first-frame prompt.")] = None,
+    last: Annotated[str | None, typer.Option("--last", help="New last-frame prompt.")] = None,
+    hero: Annotated[str | None, typer.Option("--hero", help="New hero-frame prompt.")] = None,
+    motion: Annotated[str | None, typer.Option("--motion", help="New motion prompt.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every frame of the shot.")] = None,
+    strength: Annotated[
+        float | None, typer.Option("--strength", help="The shot's img2img strength (first -> last, mid).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would re-render.")] = False,
+) -> None:
+    """Take T+1 of a shot: only its changed steps, the shots continuing from it and the episode cut re-render.
+    Without changes it draws a new seed. Earlier takes keep their files and manifest entries."""
+    runs, sender = connect(load_settings())
+    require_run(runs, run_id)
+    prompts = {k: v for k, v in {"first": first, "last": last, "hero": hero, "motion": motion}.items() if v}
+    changes = Changes(prompts, seed, strength)
+    try:
+        planned = (plan_retake if dry_run else _retake_with(sender))(runs, run_id, shot, changes)
+    except InputError as exc:
+        print("the retake does not pass the storyboard's checks:", file=sys.stderr)
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR) from None
+    except (review.UnknownShots, RetakeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR) from None
+    _print_retake(planned, dry_run)
+
+
+def _retake_with(sender: Sender) -> Callable[[RunStore, str, int, Changes], RetakePlan]:
+    return lambda runs, run_id, shot, changes: make_retake(runs, sender, run_id, shot, changes)
+
+
+def _print_retake(planned: RetakePlan, dry_run: bool) -> None:
+    verb = "would re-render" if dry_run else "re-rendering"
+    for number, take in sorted(planned.takes.items()):
+        mine = [s for s in planned.rerun if s.shot == number]
+        why = "" if number == planned.shot else f" (continues from shot {planned.shot})"
+        console.print(f"shot {number} take T{take:02d}{why}: {verb} {len(mine)} step(s)")
+    if any(s.shot is None for s in planned.rerun):
+        console.print(f"episode cut C{planned.cut:02d}: {verb} the concat")
+    if planned.seed is not None:
+        console.print(f"no change given: new seed {planned.seed}")
+    console.print(f"reused: {planned.reused} step(s); estimated cost at most {usd(planned.cost_usd)}")
+
+
 def _shots(shots: list[int]) -> str:
     return ", ".join(map(str, shots)) or "none"
 
@@ -52,3 +108,4 @@ def _shots(shots: list[int]) -> str:
 def register(app: typer.Typer) -> None:
     app.command()(approve)
     app.command("render-video")(render_video)
+    app.command()(retake)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -35,9 +35,10 @@ def submit(
     output: Path,
     storyboard: str,
     gated: Collection[str] = (),
+    source: Mapping[str, str] | None = None,
 ) -> str:
     """Store the run and release its root steps; return the run id. `gated` steps wait for review
-    (`farm.review`)."""
+    (`farm.review`); `source` holds the storyboard and registry documents a retake re-plans from."""
     run_id = new_run_id(plan)
     meta = {
         "project": plan.project,
@@ -51,7 +52,7 @@ def submit(
         "approaches": json.dumps({s.shot: s.approach for s in plan.shots}),
         "review": "1" if gated else "0",
     }
-    roots = runs.create(run_id, plan, meta, gated)
+    roots = runs.create(run_id, plan, meta, gated, source)
     steps = {s.id: s for s in plan.steps}
     release(runs, sender, run_id, [steps[r] for r in roots], backend)
     return run_id

@@ -44,10 +44,13 @@ def build_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> dict[st
         runs.counters(run_id),
         runs.backend_overrides(run_id),
     )
+    replaced = runs.history(run_id)
     rows = [_step_row(s, data, store) for s in steps.values()]
+    rows += [{**_step_row(s, data, store), "current": False} for s in replaced]
     estimated = sum((s.cost_usd for s in steps.values()), Decimal(0))
     actual = sum(
-        (Decimal(str(info.get(s.id, {}).get("actual_cost_usd", "0"))) for s in steps.values()), Decimal(0)
+        (Decimal(str(info.get(s.id, {}).get("actual_cost_usd", "0"))) for s in [*steps.values(), *replaced]),
+        Decimal(0),
     )
     return {
         "format": MANIFEST_FORMAT,
@@ -61,6 +64,8 @@ def build_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> dict[st
         "backend": meta.get("backend"),
         "created_at": _float(meta.get("created_at")),
         "finished_at": _float(meta.get("finished_at")),
+        "cut": int(meta.get("cut", "1")),
+        "takes": {str(shot): take for shot, take in sorted(runs.takes(run_id).items())},
         "cost_usd": {"estimated": money(estimated), "actual": money(actual)},
         "steps": rows,
     }
@@ -91,6 +96,7 @@ def _step_row(step: Step, data: _RunData, store: ArtifactStore) -> dict[str, Any
     keys = output_keys(data.meta["namespace"], step)
     return {
         **step_document(step),
+        "current": True,
         "backend": data.backends.get(step.id) or backend_for(step.kind, data.meta.get("backend", "local")),
         "queue": info.get("queue"),
         "prompt": step.params.get("prompt"),

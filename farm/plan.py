@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from farm.approaches import Approach
 from farm.engines import CARDS, POST_ENGINE, UPSCALE_ENGINE, VIDEO_ENGINE
 from farm.loras import Casting
-from farm.naming import asset, episode_asset, shot_stem
+from farm.naming import FIRST_TAKE, asset, episode_asset, shot_stem
 from farm.prompts import compile_image_prompt, compile_motion_prompt
 from farm.storyboard import Shot, Storyboard
 from farm.validate import Episode
@@ -62,6 +63,8 @@ class Step(BaseModel):
     cost_usd: Decimal
     latency_s: float
     notes: tuple[str, ...] = ()
+    take: int = FIRST_TAKE
+    """The take of its shot that first planned it (a retake keeps the steps it did not change)."""
 
 
 class ShotSummary(BaseModel):
@@ -77,6 +80,7 @@ class ShotSummary(BaseModel):
     clip: str
     clip_s: float
     notes: tuple[str, ...]
+    take: int = FIRST_TAKE
 
 
 class Plan(BaseModel):
@@ -93,12 +97,13 @@ class Plan(BaseModel):
         return next(s for s in self.steps if s.id == step_id)
 
 
-def build_plan(episode: Episode) -> Plan:
-    """The whole render plan for a validated episode, steps in dependency order."""
-    builder = _Builder(episode.storyboard, episode.castings)
+def build_plan(episode: Episode, takes: Mapping[int, int] | None = None, cut: int = 1) -> Plan:
+    """The whole render plan for a validated episode, steps in dependency order. `takes` (shot -> take)
+    and `cut` only name the outputs; they never change a step's id."""
+    builder = _Builder(episode.storyboard, episode.castings, takes or {})
     for shot in _shot_order(episode.storyboard):
         builder.add_shot(shot)
-    builder.add_episode()
+    builder.add_episode(cut)
     board = episode.storyboard
     ordered = tuple(builder.summaries[n] for n in sorted(builder.summaries))
     return Plan(
@@ -178,6 +183,7 @@ class _Ctx:
     shot: Shot
     casting: Casting
     stem: str
+    take: int = FIRST_TAKE
 
     def seed(self, role: str) -> int:
         if self.shot.seed is not None:
@@ -186,15 +192,21 @@ class _Ctx:
 
 
 class _Builder:
-    def __init__(self, board: Storyboard, castings: dict[int, Casting]) -> None:
+    def __init__(
+        self, board: Storyboard, castings: dict[int, Casting], takes: Mapping[int, int] | None = None
+    ) -> None:
         self.board = board
         self.castings = castings
+        self.takes = takes or {}
+        self._take = FIRST_TAKE
         self.steps: dict[str, Step] = {}
         self.frames: dict[tuple[int, str], str] = {}
         self.summaries: dict[int, ShotSummary] = {}
 
     def add_shot(self, shot: Shot) -> None:
-        ctx = _Ctx(self.board, shot, self.castings[shot.shot], shot_stem(self.board, shot))
+        take = self.takes.get(shot.shot, FIRST_TAKE)
+        ctx = _Ctx(self.board, shot, self.castings[shot.shot], shot_stem(self.board, shot, take), take)
+        self._take = take
         build = {
             "standard_flf": self._standard_flf,
             "triptych_split_flf": self._triptych,
@@ -212,7 +224,9 @@ class _Builder:
             clip=clip,
             clip_s=clip_s,
             notes=tuple(ctx.casting.notes + notes),
+            take=take,
         )
+        self._take = FIRST_TAKE
 
     def add_previz(self, shot: Shot) -> None:
         casting = self.castings[shot.shot]
@@ -236,14 +250,15 @@ class _Builder:
             notes=tuple(notes),
         )
 
-    def add_episode(self) -> None:
+    def add_episode(self, cut: int = 1) -> None:
         clips = tuple(self.summaries[n].clip for n in sorted(self.summaries))
-        self._post(StepKind.CONCAT, None, "episode", clips, {}, (episode_asset(self.board),))
+        self._post(StepKind.CONCAT, None, "episode", clips, {}, (episode_asset(self.board, cut),))
 
     # approaches -----------------------------------------------------------------------------------
 
     def _standard_flf(self, ctx: _Ctx) -> tuple[str, float, list[str]]:
-        shot, strength = ctx.shot, self.board.defaults.img2img_strength
+        shot = ctx.shot
+        strength = shot.img2img_strength or self.board.defaults.img2img_strength
         source, source_strength = self._continuity(shot)
         hero_prose = shot.prompt("hero_frame")
         if hero_prose is not None:
@@ -446,6 +461,7 @@ class _Builder:
                 cost_usd=op.price_usd,
                 latency_s=op.latency_s,
                 notes=notes,
+                take=self._take,
             )
         return sid
 

@@ -66,4 +66,5 @@ def step_document(step: Step) -> dict[str, Any]:
         "cost_usd": money(step.cost_usd),
         "latency_s": step.latency_s,
         "notes": list(step.notes),
+        "take": step.take,
     }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from farm.naming import FIRST_TAKE
 from farm.plan import Step
 from farm.review import review_states
 from farm.state import RunStore
@@ -33,6 +34,7 @@ class ShotProgress:
     """What its running steps report from inside the render, e.g. "video 12/30"."""
     review: str = ""
     """Its review state in a review run (`farm.review`), else ''."""
+    take: int = FIRST_TAKE
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class RunProgress:
     elapsed_s: float
     estimated_usd: Decimal
     spent_usd: Decimal
+    """What the run has cost so far, earlier takes included."""
     shots: list[ShotProgress] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
@@ -61,6 +64,8 @@ class RunProgress:
 
     manifest: str | None = None
     settled_for_s: float = 0.0
+    earlier_takes_usd: Decimal = Decimal(0)
+    """What the steps that retakes replaced cost (part of `spent_usd`)."""
 
     @property
     def awaiting_review(self) -> bool:
@@ -82,6 +87,8 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     info = runs.info(run_id)
     approaches = {int(k): str(v) for k, v in json.loads(meta.get("approaches", "{}")).items()}
     reviews = review_states(runs, run_id, meta, steps, states)
+    takes = runs.takes(run_id)
+    replaced = sum((_actual(info.get(s.id, {})) for s in runs.history(run_id)), Decimal(0))
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
     ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
@@ -95,9 +102,14 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         manifest=meta.get("manifest"),
         settled_for_s=time.time() - ended if meta.get("finished_at") else 0.0,
         estimated_usd=sum((s.cost_usd for s in steps.values()), Decimal(0)),
-        spent_usd=sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
+        spent_usd=replaced
+        + sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
+        earlier_takes_usd=replaced,
         shots=[
-            _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews)
+            replace(
+                _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews),
+                take=takes.get(n, FIRST_TAKE) if n is not None else FIRST_TAKE,
+            )
             for n in shots
         ],
         failures=[

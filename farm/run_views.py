@@ -29,7 +29,10 @@ def status_table(progress: RunProgress) -> Table:
         title=f"{progress.run_id}  {escape(progress.title)}  [bold]{progress.status}[/]", title_justify="left"
     )
     reviewed = any(s.review for s in progress.shots)
+    retaken = any(s.take > 1 for s in progress.shots)
     columns: list[tuple[str, JustifyMethod]] = [("shot", "right"), ("approach", "left"), ("steps", "right")]
+    if retaken:
+        columns.append(("take", "left"))
     columns.append(("state", "left"))
     if reviewed:
         columns.append(("review", "left"))
@@ -43,6 +46,7 @@ def status_table(progress: RunProgress) -> Table:
             str(shot.shot) if shot.shot is not None else "episode",
             shot.approach,
             f"{shot.done}/{shot.total}",
+            *([f"T{shot.take:02d}" if shot.shot is not None else ""] if retaken else []),
             f"{state} {escape(shot.activity)}" if shot.activity else state,
             *([shot.review or "-"] if reviewed else []),
             duration(shot.elapsed_s) if shot.elapsed_s is not None else "-",
@@ -54,6 +58,7 @@ def status_table(progress: RunProgress) -> Table:
         "[bold]total[/]",
         "",
         f"{progress.done}/{progress.total}",
+        *([""] if retaken else []),
         counts,
         *([""] if reviewed else []),
         duration(progress.elapsed_s),
@@ -65,6 +70,8 @@ def status_table(progress: RunProgress) -> Table:
 
 def print_status(console: Console, progress: RunProgress) -> None:
     console.print(status_table(progress))
+    if progress.earlier_takes_usd:
+        console.print(f"of which earlier takes: {usd(progress.earlier_takes_usd)}")
     for failure in progress.failures:
         where = f"shot {failure.shot}" if failure.shot is not None else "episode"
         console.print(f"[red]failed[/] {where} {failure.label}: {escape(failure.reason)}")

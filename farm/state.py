@@ -27,7 +27,7 @@ import json
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,99 @@ return {outcome, unpack(released)}
 )
 
 
+# ARGV: now, then one JSON document: order (the new plan's step ids), steps (id -> step JSON, for ids the run
+# has not seen), inputs (id -> input ids, for every step that may (re)start), gate (ids to hold for review),
+# shots (shots whose review decision a new take clears), takes (shot -> take), storyboard (JSON text), cut.
+_EXTEND = (
+    _FINISH
+    + """
+local run, steps, order, state, waiting, deps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local gated, outbox, review, takes, history, source = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local now = ARGV[1]
+local status = redis.call('HGET', run, 'status')
+if status == 'cancelling' or status == 'cancelled' then return {'-'} end
+local p = cjson.decode(ARGV[2])
+local current, gate = {}, {}
+for _, id in ipairs(p.order) do current[id] = true end
+for _, id in ipairs(p.gate) do gate[id] = true end
+local delta = 0
+for _, id in ipairs(redis.call('LRANGE', order, 0, -1)) do
+  if not current[id] then
+    local s = redis.call('HGET', state, id)
+    if s == 'queued' or s == 'running' then delta = delta - 1 end
+    if s ~= 'done' and s ~= 'cached' then redis.call('HSET', state, id, 'superseded') end
+    redis.call('SREM', gated, id)
+    redis.call('SREM', outbox, id)
+    redis.call('RPUSH', history, id)
+  end
+end
+for id, doc in pairs(p.steps) do redis.call('HSET', steps, id, doc) end
+local released = {}
+for _, id in ipairs(p.order) do
+  local s = redis.call('HGET', state, id)
+  if not s or s == 'failed' or s == 'cancelled' or s == 'superseded' then
+    local n = 0
+    for _, src in ipairs(p.inputs[id]) do
+      local ss = redis.call('HGET', state, src)
+      if ss ~= 'done' and ss ~= 'cached' then n = n + 1 end
+      local list = cjson.decode(redis.call('HGET', deps, src) or '[]')
+      local known = false
+      for _, d in ipairs(list) do if d == id then known = true end end
+      if not known then
+        table.insert(list, id)
+        redis.call('HSET', deps, src, cjson.encode(list))
+      end
+    end
+    redis.call('HSET', waiting, id, n)
+    if gate[id] then redis.call('SADD', gated, id) end
+    if n > 0 then
+      redis.call('HSET', state, id, 'waiting')
+    elseif gate[id] then
+      redis.call('HSET', state, id, 'held')
+    else
+      redis.call('HSET', state, id, 'queued')
+      redis.call('SADD', outbox, id)
+      table.insert(released, id)
+      delta = delta + 1
+    end
+  end
+end
+local done, failed = 0, 0
+redis.call('DEL', order)
+for _, id in ipairs(p.order) do
+  redis.call('RPUSH', order, id)
+  local s = redis.call('HGET', state, id)
+  if s == 'done' or s == 'cached' then done = done + 1 elseif s == 'failed' then failed = failed + 1 end
+end
+for _, shot in ipairs(p.shots) do redis.call('HDEL', review, tostring(shot)) end
+for shot, take in pairs(p.takes) do redis.call('HSET', takes, shot, take) end
+redis.call('HSET', source, 'storyboard', p.storyboard)
+redis.call('HSET', run, 'total', #p.order, 'done', done, 'failed', failed, 'cut', p.cut, 'status', 'running')
+redis.call('HDEL', run, 'finished_at', 'manifest')
+local outcome = ''
+if redis.call('HINCRBY', run, 'active', delta) == 0 then outcome = finish(run, now, gated) end
+return {outcome, unpack(released)}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A retake's new plan for a run: what it runs from now on and what it writes down."""
+
+    order: list[str]
+    """Every step id of the new plan, in dependency order; steps of the old plan not in it are superseded."""
+    new_steps: list[Step]
+    """Steps the run has never had (kept alongside the ones they replace)."""
+    inputs: dict[str, list[str]]
+    """Every step of `order` -> its input ids (a failed step restarts, whichever it is)."""
+    gate: list[str]
+    shots: list[int]
+    takes: dict[int, int]
+    storyboard: str
+    cut: int
+
+
 @dataclass(frozen=True)
 class Completion:
     released: list[str]
@@ -194,6 +287,7 @@ class RunStore:
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE)
         self._approve = client.register_script(_APPROVE)
+        self._extend = client.register_script(_EXTEND)
 
     # keys ----------------------------------------------------------------------------------------
     @staticmethod
@@ -201,13 +295,21 @@ class RunStore:
         return f"farm:run:{run_id}" + (f":{part}" if part else "")
 
     # creation ------------------------------------------------------------------------------------
-    def create(self, run_id: str, plan: Plan, meta: dict[str, str], gated: Collection[str] = ()) -> list[str]:
+    def create(
+        self,
+        run_id: str,
+        plan: Plan,
+        meta: dict[str, str],
+        gated: Collection[str] = (),
+        source: Mapping[str, str] | None = None,
+    ) -> list[str]:
         """Store the plan and its state in one transaction; return the root steps, already queued.
-        `gated` steps wait for review: they are held, not queued, once their inputs are done."""
+        `gated` steps wait for review: they are held, not queued, once their inputs are done. `source` keeps
+        the documents the plan came from (for retakes)."""
         dependents: dict[str, list[str]] = defaultdict(list)
         for step in plan.steps:
-            for source in step.inputs:
-                dependents[source].append(step.id)
+            for producer in step.inputs:
+                dependents[producer].append(step.id)
         roots = [s.id for s in plan.steps if not s.inputs]
         now = str(time.time())
         header: dict[Any, Any] = dict(meta)
@@ -240,6 +342,9 @@ class RunStore:
             pipe.sadd(self.key(run_id, "outbox"), *roots)
         if gated:
             pipe.sadd(self.key(run_id, "gated"), *gated)
+        if source:
+            documents: dict[Any, Any] = dict(source)
+            pipe.hset(self.key(run_id, "source"), mapping=documents)
         pipe.execute()
         return roots
 
@@ -287,6 +392,32 @@ class RunStore:
             return Completion([], "", duplicate=True)
         return Completion([_text(x) for x in reply[1:]], head)
 
+    def extend(self, run_id: str, change: Extension) -> Completion:
+        """Switch the run to a new plan in one step: steps it no longer has are superseded (a queued one is
+        skipped, a running one finishes unheeded), new and failed ones start when their inputs are done,
+        finished ones are reused. Returns the steps to send; `duplicate` when the run was cancelled."""
+        parts = ("", "steps", "order", "state", "waiting", "dependents", "gated", "outbox", "review")
+        keys = [self.key(run_id, p) for p in (*parts, "takes", "history", "source")]
+        doc = {
+            "order": change.order,
+            "steps": {s.id: s.model_dump_json() for s in change.new_steps},
+            "inputs": change.inputs,
+            "gate": change.gate,
+            "shots": change.shots,
+            "takes": {str(k): v for k, v in change.takes.items()},
+            "storyboard": change.storyboard,
+            "cut": change.cut,
+        }
+        reply = self._extend(keys=keys, args=[str(time.time()), json.dumps(doc)])
+        head = _text(reply[0])
+        if head == "-":
+            return Completion([], "", duplicate=True)
+        return Completion([_text(x) for x in reply[1:]], head)
+
+    def source(self, run_id: str) -> dict[str, str]:
+        """The storyboard and registry documents (JSON text) the run's current plan was built from."""
+        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "source")).items()}
+
     def gated(self, run_id: str) -> set[str]:
         return {_text(s) for s in self.r.smembers(self.key(run_id, "gated"))}
 
@@ -302,8 +433,11 @@ class RunStore:
         return {int(_text(k)): int(v) for k, v in self.r.hgetall(self.key(run_id, "takes")).items()}
 
     def history(self, run_id: str) -> list[Step]:
-        """Steps of earlier takes that a retake replaced, oldest first."""
-        ids = [_text(i) for i in self.r.lrange(self.key(run_id, "history"), 0, -1)]
+        """Steps of earlier takes that a retake replaced, oldest first (once each, and none that a later
+        retake brought back)."""
+        current = {_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)}
+        replaced = [_text(i) for i in self.r.lrange(self.key(run_id, "history"), 0, -1)]
+        ids = [i for i in dict.fromkeys(replaced) if i not in current]
         raw = self.r.hmget(self.key(run_id, "steps"), ids) if ids else []
         return [Step.model_validate_json(blob) for blob in raw if blob is not None]
 
@@ -368,6 +502,10 @@ class RunStore:
         raw = {_text(k): v for k, v in self.r.hgetall(self.key(run_id, "steps")).items()}
         order = [_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)]
         return {i: Step.model_validate_json(raw[i]) for i in order}
+
+    def step_ids(self, run_id: str) -> set[str]:
+        """Every step the run has ever had: its current plan and the takes a retake replaced."""
+        return {_text(i) for i in self.r.hkeys(self.key(run_id, "steps"))}
 
     def states(self, run_id: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "state")).items()}

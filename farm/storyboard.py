@@ -60,6 +60,8 @@ class Shot(BaseModel):
         None
     )
     duration_s: Annotated[float, Field(gt=0, le=600)] | None = None
+    img2img_strength: Strength | None = None
+    """This shot's frame-to-frame strength (first -> last, first -> mid); else the storyboard default."""
     continuity_from: Continuity | None = None
 
     def prompt(self, name: str) -> str | None:

@@ -30,6 +30,8 @@ class Episode:
     registry_file: Path
     castings: dict[int, Casting]
     warnings: list[Problem]
+    documents: tuple[Any, Any] = (None, None)
+    """The storyboard and registry as parsed JSON: a run keeps them so that a retake can plan it again."""
 
 
 def default_registry(storyboard_path: Path) -> Path:
@@ -78,7 +80,15 @@ def check_episode(
     if problems or registry is None:
         raise InputError(problems)
     warnings = parsed.warnings + list(_unused_prompt_warnings(parsed, sb_file))
-    return Episode(parsed.storyboard(), registry, storyboard_path, registry_path, castings, warnings)
+    return Episode(
+        parsed.storyboard(),
+        registry,
+        storyboard_path,
+        registry_path,
+        castings,
+        warnings,
+        (storyboard_doc, registry_doc),
+    )
 
 
 def _storyboard_rules(parsed: ParsedStoryboard, file: str) -> Iterator[Problem]:

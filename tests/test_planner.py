@@ -191,6 +191,15 @@ def test_standard_flf_without_hero(write_episode: WriteEpisode, edit: Edit) -> N
     assert len(plan.steps) == 6
 
 
+def test_a_shots_own_strength_replaces_the_default_for_its_frames(
+    write_episode: WriteEpisode, edit: Edit
+) -> None:
+    doc = keep(edit(), 3)
+    shot_doc(doc, 3)["img2img_strength"] = 0.25
+    plan = plan_for(write_episode, doc)
+    assert one(plan, 3, StepKind.IMG2IMG, "last").params["strength"] == 0.25
+
+
 def test_fmlf_without_hero_uses_motion_prompt_for_mid(write_episode: WriteEpisode, edit: Edit) -> None:
     doc = keep(edit(), 3)
     doc["defaults"]["fmlf"] = True
@@ -554,6 +563,22 @@ def test_shot_asset_name_replaces_the_stem(write_episode: WriteEpisode, edit: Ed
         (StepKind.UPSCALE, "last"): "ballast_slam_last.png",
         (StepKind.VIDEO, "clip"): "ballast_slam_clip.mp4",
     }
+
+
+def test_takes_and_cuts_name_outputs_without_changing_any_step(
+    write_episode: WriteEpisode, edit: Edit
+) -> None:
+    doc = keep(edit(), 3, 7)
+    shot_doc(doc, 7)["asset_name"] = "ballast_slam"
+    episode = load_episode(write_episode(doc))
+    first, retaken = build_plan(episode), build_plan(episode, {3: 2, 7: 3}, cut=4)
+    assert [s.id for s in first.steps] == [s.id for s in retaken.steps]
+    names = {s.id: s.asset_name for s in retaken.steps}
+    assert names[one(first, 3, StepKind.VIDEO).id] == "LEV_EP001_S03_T02_JINX_clip.mp4"
+    assert names[one(first, 7, StepKind.VIDEO).id] == "ballast_slam_T03_clip.mp4"
+    assert names[one(first, None, StepKind.CONCAT).id] == "LEV_EP001_episode_C04.mp4"
+    assert {s.take for s in retaken.steps if s.shot == 3} == {2}
+    assert [s.take for s in retaken.shots] == [2, 3]
 
 
 # step ids -----------------------------------------------------------------------------------------------
