@@ -16,6 +16,7 @@ from farm.artifacts import namespace_for
 from farm.plan import Plan, build_plan
 from farm.progress import snapshot
 from farm.redis_server import RedisServer
+from farm.retake import run_source
 from farm.state import RunStore
 from farm.supervisor import Farm, free_port
 from farm.validate import load_episode
@@ -74,7 +75,8 @@ class FarmHandle:
         self.sender = CelerySender(make_app(self.farm.broker_url))
 
     def submit(self, storyboard: Path) -> tuple[str, Plan]:
-        plan = build_plan(load_episode(storyboard))
+        episode = load_episode(storyboard)
+        plan = build_plan(episode)
         run_id = dispatch.submit(
             self.runs,
             self.sender,
@@ -83,6 +85,7 @@ class FarmHandle:
             namespace=namespace_for(self.backend),
             output=self.out,
             storyboard=str(storyboard),
+            source=run_source(episode),
         )
         return run_id, plan
 

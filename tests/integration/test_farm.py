@@ -18,11 +18,12 @@ import pytest
 from pydantic import SecretStr
 
 from farm import dispatch, review
-from farm.plan import Plan
+from farm.plan import Plan, build_plan
 from farm.progress import snapshot
 from farm.routing import QUEUES
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, stop_farm
+from farm.validate import check_episode
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, read_until
 from workers.media import probe
@@ -253,3 +254,43 @@ def test_a_review_run_renders_no_video_before_its_shot_is_approved(
     assert farm_cli(farm, "approve", run_id, "--all").returncode == 0
     assert farm.wait(run_id) == "succeeded"
     assert (Path(farm.runs.meta(run_id)["output_dir"]) / "manifest.json").exists()
+
+
+def test_a_retake_rerenders_the_shot_and_its_continuity_child_and_keeps_the_old_take(
+    farm: FarmHandle, first_run: tuple[str, Plan], sample_path: Path, sample_doc: Doc, registry_doc: Doc
+) -> None:
+    run_id, before = first_run
+    folder = Path(farm.runs.meta(run_id)["output_dir"])
+    new_last = "JNXCHAR slumps against the sealed bulkhead, water to her waist."
+    edited = copy.deepcopy(sample_doc)
+    edited["shots"][1]["last_frame"] = new_last
+    after = build_plan(check_episode(edited, registry_doc, sample_path, sample_path))
+    expected = {s.id for s in after.steps} - {s.id for s in before.steps}
+    info_before = farm.runs.info(run_id)
+
+    retaken = farm_cli(farm, "retake", run_id, "2", "--last", new_last)
+    assert retaken.returncode == 0, retaken.stderr
+    assert "shot 2 take T02" in retaken.stdout and "shot 3 take T02 (continues from shot 2)" in retaken.stdout
+    assert farm.wait(run_id) == "succeeded", snapshot(farm.runs, run_id).failures
+
+    info = farm.runs.info(run_id)
+    ran = {i for i in info if info[i].get("started_at") != info_before.get(i, {}).get("started_at")}
+    assert ran == expected, "exactly the changed steps of shot 2, shot 3 and the episode cut ran"
+    steps = farm.runs.steps(run_id)
+    for step_id in expected:
+        assert (folder / steps[step_id].asset_name).stat().st_size > 0
+    replaced = farm.runs.history(run_id)
+    assert replaced and all((folder / s.asset_name).stat().st_size > 0 for s in replaced), "old take kept"
+    cuts = [
+        probe(folder / name).duration_s for name in ("LEV_EP001_episode.mp4", "LEV_EP001_episode_C02.mp4")
+    ]
+    assert abs(cuts[0] - cuts[1]) <= 0.1, "the new cut has the same shots, one of them retaken"
+    manifest = manifest_of(farm, run_id)
+    assert manifest["takes"] == {"2": 2, "3": 2} and manifest["cut"] == 2
+    old_rows = [row for row in manifest["steps"] if not row["current"]]
+    assert {row["id"] for row in old_rows} == {s.id for s in replaced}
+    assert all(row["take"] == 1 and row["state"] == "done" for row in old_rows)
+    status = farm_cli(farm, "status", run_id)
+    assert "T02" in status.stdout and "succeeded" in status.stdout
+    again = farm_cli(farm, "retake", run_id, "2", "--last", new_last)
+    assert again.returncode == 2 and "nothing changes" in again.stderr
