@@ -113,7 +113,9 @@ def plan_retake(runs: RunStore, run_id: str, shot: int, changes: Changes) -> Ret
     changed = sorted({s.shot for s in fresh if s.shot is not None})
     if shot not in changed:
         take = takes.get(shot, FIRST_TAKE)
-        hint = " (--strength acts only on frames made from the shot's first frame)" if changes.strength else ""
+        hint = (
+            " (--strength acts only on frames made from the shot's first frame)" if changes.strength else ""
+        )
         raise RetakeError(f"nothing changes: take T{take:02d} of shot {shot} already renders this{hint}")
     new_takes = {n: takes.get(n, FIRST_TAKE) + 1 for n in changed}
     new_cut = cut + 1 if any(s.shot is None for s in fresh) else cut
