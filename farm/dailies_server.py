@@ -1,0 +1,235 @@
+"""`farm dailies RUN --serve`: the dailies page live on a loopback port, where its keys and buttons approve,
+retake or flag shots.
+
+The page is rebuilt from Redis on every GET, so it is never stale. Anything that changes state is a POST
+that carries the session's token in a header: the token is only in the served page, and a page from another
+site can neither read it (same-origin policy) nor send that header without a CORS preflight this server
+never answers. Every request must name this server in its Host header, so a DNS-rebinding page that reached
+the port under its own host name gets nothing. Files are served by looking their name up among the run's
+own outputs and this server's thumbnails, never by joining a path from the request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import mimetypes
+import secrets
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from farm import review
+from farm.dailies import gather, run_files
+from farm.dailies_assets import CONTENT_SECURITY_POLICY
+from farm.dailies_page import ACTIONS, THUMBS_DIR, make_thumbs, page_dir, render
+from farm.dispatch import Sender
+from farm.progress import snapshot
+from farm.state import RunStore
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Farm-Token"
+ACTION_PATH = "/api/review"
+PAGE_PATHS = ("/dailies/", "/dailies/index.html")
+THUMBS_PREFIX = "/dailies/thumbs/"
+MAX_BODY_BYTES = 4096
+"""An action is a shot number and a word; anything bigger is not one."""
+TOKEN_BYTES = 32
+POLL_INTERVAL_S = 0.2
+"""How often the serving loop checks for shutdown."""
+
+
+class NotLoopback(ValueError):
+    """The page hands out a token that can start paid renders: it is never exposed beyond this machine."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    file: Path | None = None
+    """Streamed instead of `body`."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def loopback(host: str) -> str:
+    """`host` if it is a loopback address literal (127.0.0.0/8, ::1); NotLoopback otherwise."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise NotLoopback(f"{host!r} is not an IP address; use 127.0.0.1 or ::1") from None
+    if not address.is_loopback:
+        raise NotLoopback(
+            f"{host} is not a loopback address: the dailies server listens on this machine only "
+            "(reach it from elsewhere through an SSH tunnel, ssh -L)"
+        )
+    return host
+
+
+class DailiesServer(ThreadingHTTPServer):
+    """The page, its thumbnails, the run's files and the review actions of one run, for one session."""
+
+    daemon_threads = True
+
+    def __init__(self, runs: RunStore, sender: Sender, run_id: str, host: str, port: int) -> None:
+        address = ipaddress.ip_address(loopback(host))
+        self.address_family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        self.runs, self.sender, self.run_id = runs, sender, run_id
+        self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        self._lock = threading.Lock()
+        self._thumbs: dict[str, Path] = {}
+        super().__init__((host, port), _Handler)
+        bound = f"[{host}]" if address.version == 6 else host
+        self.authority = f"{bound}:{self.server_address[1]}"
+        """What every request's Host header must say."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.authority}{PAGE_PATHS[0]}"
+
+    def serve_until_interrupted(self) -> None:
+        """Serve in the foreground until Ctrl-C; the port is released either way."""
+        try:
+            self.serve_forever(POLL_INTERVAL_S)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()
+
+    # answers -------------------------------------------------------------------------------------------
+
+    def page(self) -> Reply:
+        with self._lock:
+            dailies = gather(self.runs, self.run_id)
+            thumbs = make_thumbs(dailies)
+            folder = page_dir(dailies) / THUMBS_DIR
+            self._thumbs.update({name: folder / name for name in thumbs.values()})
+        text = render(dailies, thumbs, token=self.token)
+        return Reply(200, text.encode(), "text/html; charset=utf-8")
+
+    def thumbnail(self, name: str) -> Reply:
+        with self._lock:
+            path = self._thumbs.get(name)
+        return _file(path)
+
+    def output(self, name: str) -> Reply:
+        return _file(run_files(self.runs, self.run_id).get(name))
+
+    def act(self, body: bytes) -> Reply:
+        """One review action; the token was checked by the caller."""
+        try:
+            doc = json.loads(body)
+            shot, action = doc["shot"], doc["action"]
+        except (ValueError, TypeError, KeyError):
+            return _error(400, 'send JSON {"shot": N, "action": "approve" | "retake" | "needs_review"}')
+        if not isinstance(shot, int) or isinstance(shot, bool) or action not in [a for a, _, _ in ACTIONS]:
+            return _error(400, f"no action {action!r} on shot {shot!r}")
+        if self.runs.meta(self.run_id).get("review") != "1":
+            return _error(409, f"run {self.run_id} was not submitted with --review: nothing to approve")
+        try:
+            with self._lock:
+                message = self._decide(shot, action)
+        except review.UnknownShots as exc:
+            return _error(404, str(exc))
+        row = next(r for r in snapshot(self.runs, self.run_id).shots if r.shot == shot)
+        doc = {"shot": shot, "review": row.review, "state": row.state, "done": row.done, "total": row.total}
+        return _json(200, {**doc, "message": message})
+
+    def _decide(self, shot: int, action: str) -> str:
+        if action == "approve":
+            released = review.approve(self.runs, self.sender, self.run_id, [shot])
+            return f"approved: {len(released.steps)} video step(s) started"
+        review.mark(self.runs, self.run_id, [shot], action)  # retake, needs_review: a decision only
+        return f"marked {action.replace('_', ' ')}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP in and out; what to answer is `DailiesServer`'s. HTTP/1.0: one request per connection."""
+
+    server: DailiesServer
+
+    def do_GET(self) -> None:
+        self._answer(self._get)
+
+    def do_POST(self) -> None:
+        self._answer(self._post)
+
+    def _get(self) -> Reply:
+        target = self.path.split("?", 1)[0]
+        if target == "/":
+            return Reply(303, headers={"Location": PAGE_PATHS[0]})
+        if target in PAGE_PATHS:
+            return self.server.page()
+        if target.startswith(THUMBS_PREFIX):
+            return self.server.thumbnail(unquote(target.removeprefix(THUMBS_PREFIX)))
+        if target == ACTION_PATH:
+            return Reply(405, headers={"Allow": "POST"})
+        return self.server.output(unquote(target.removeprefix("/")))
+
+    def _post(self) -> Reply:
+        if self.path != ACTION_PATH:
+            return _error(404, "not found")
+        sent = self.headers.get(TOKEN_HEADER, "")
+        if not secrets.compare_digest(sent.encode(), self.server.token.encode()):
+            return _error(403, f"missing or wrong {TOKEN_HEADER}: reload the page")
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return _error(413, "an action is a small JSON body with its Content-Length")
+        return self.server.act(self.rfile.read(int(length)))
+
+    def _answer(self, route: Callable[[], Reply]) -> None:
+        host = self.headers.get("Host", "")
+        try:
+            reply = route() if host.lower() == self.server.authority else _error(400, "unexpected Host")
+        except Exception:  # a broken page must still answer, not hang the browser
+            log.exception("dailies: %s %s failed", self.command, self.path)
+            reply = _error(500, "the page could not be built; see the server's log")
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        size = reply.file.stat().st_size if reply.file else len(reply.body)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            if reply.file is None:
+                self.wfile.write(reply.body)
+            else:
+                with reply.file.open("rb") as source:
+                    shutil.copyfileobj(source, self.wfile)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser stopped reading (a clip it no longer wants)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dailies: " + format, *args)
+
+
+def _file(path: Path | None) -> Reply:
+    if path is None or not path.is_file():
+        return _error(404, "not found")
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return Reply(200, content_type=kind, file=path)
+
+
+def _json(status: int, doc: dict[str, Any]) -> Reply:
+    return Reply(status, json.dumps(doc).encode())
+
+
+def _error(status: int, message: str) -> Reply:
+    return _json(status, {"error": message})
