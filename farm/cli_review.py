@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from farm import review
 from farm.cli_runtime import INPUT_ERROR, RunArg, connect, console, require_run
-from farm.dispatch import Sender
 from farm.problems import InputError
-from farm.retake import Changes, RetakeError, RetakePlan, plan_retake
+from farm.retake import Changes, RetakeError, RetakePlan, marked_for_retake, plan_retake
 from farm.retake import retake as make_retake
 from farm.settings import load_settings
-from farm.state import RunStore
 from farm.views import usd
 
 ShotsArg = Annotated[list[int] | None, typer.Argument(help="Shot numbers.", show_default=False)]
@@ -54,7 +51,11 @@ def render_video(run_id: RunArg) -> None:
 
 def retake(
     run_id: RunArg,
-    shot: Annotated[int, typer.Argument(help="The shot to retake.", show_default=False)],
+    shot: Annotated[int | None, typer.Argument(help="The shot to retake.", show_default=False)] = None,
+    marked: Annotated[
+        bool,
+        typer.Option("--marked", help="Retake every shot marked `retake` (new seeds)."),
+    ] = False,
     first: Annotated[str | None, typer.Option("--first", help="New first-frame prompt.")] = None,
     last: Annotated[str | None, typer.Option("--last", help="New last-frame prompt.")] = None,
     hero: Annotated[str | None, typer.Option("--hero", help="New hero-frame prompt.")] = None,
@@ -71,8 +72,15 @@ def retake(
     require_run(runs, run_id)
     prompts = {k: v for k, v in {"first": first, "last": last, "hero": hero, "motion": motion}.items() if v}
     changes = Changes(prompts, seed, strength)
+    if marked == (shot is not None) or (marked and not changes.empty):
+        print("name one shot (with its changes), or --marked alone", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)
+    wanted = {n: Changes() for n in marked_for_retake(runs, run_id)} if marked else {shot or 0: changes}
+    if not wanted:
+        console.print("no shot is marked for a retake")
+        return
     try:
-        planned = (plan_retake if dry_run else _retake_with(sender))(runs, run_id, shot, changes)
+        planned = plan_retake(runs, run_id, wanted) if dry_run else make_retake(runs, sender, run_id, wanted)
     except InputError as exc:
         print("the retake does not pass the storyboard's checks:", file=sys.stderr)
         for problem in exc.problems:
@@ -84,20 +92,16 @@ def retake(
     _print_retake(planned, dry_run)
 
 
-def _retake_with(sender: Sender) -> Callable[[RunStore, str, int, Changes], RetakePlan]:
-    return lambda runs, run_id, shot, changes: make_retake(runs, sender, run_id, shot, changes)
-
-
 def _print_retake(planned: RetakePlan, dry_run: bool) -> None:
     verb = "would re-render" if dry_run else "re-rendering"
     for number, take in sorted(planned.takes.items()):
         mine = [s for s in planned.rerun if s.shot == number]
-        why = "" if number == planned.shot else f" (continues from shot {planned.shot})"
+        why = "" if number in planned.shots else " (continues from a retaken shot)"
         console.print(f"shot {number} take T{take:02d}{why}: {verb} {len(mine)} step(s)")
     if any(s.shot is None for s in planned.rerun):
         console.print(f"episode cut C{planned.cut:02d}: {verb} the concat")
-    if planned.seed is not None:
-        console.print(f"no change given: new seed {planned.seed}")
+    for number, seed in sorted(planned.seeds.items()):
+        console.print(f"shot {number}: no change given, new seed {seed}")
     console.print(f"reused: {planned.reused} step(s); estimated cost at most {usd(planned.cost_usd)}")
 
 

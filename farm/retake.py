@@ -10,6 +10,7 @@ replace stay in the run's history with their files on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,17 +59,18 @@ class Changes:
 @dataclass(frozen=True)
 class RetakePlan:
     run_id: str
-    shot: int
+    shots: list[int]
+    """The shots retaken on purpose."""
     takes: dict[int, int]
-    """Every shot that gets a new take (the retaken one and those continuing from it) -> its new take."""
+    """Every shot that gets a new take (the retaken ones and those continuing from them) -> its new take."""
     cut: int
     """The episode cut the retake produces (a new one whenever any clip changes)."""
     rerun: list[Step]
     """What will run: the new steps, plus any step of the plan that had failed."""
     reused: int
     """Steps of the new plan the run has already rendered."""
-    seed: int | None
-    """The seed the retake drew, when it was given no change at all."""
+    seeds: dict[int, int]
+    """The seeds the retake drew for shots it was given no change for."""
     extension: Extension
 
     @property
@@ -88,22 +90,23 @@ def run_source(episode: Episode) -> dict[str, str]:
     }
 
 
-def plan_retake(runs: RunStore, run_id: str, shot: int, changes: Changes) -> RetakePlan:
-    """Work out a retake without changing anything. Raises UnknownShots, RetakeError or the storyboard's
-    InputError (the edited shot checked like a file: every problem at once)."""
+def plan_retake(runs: RunStore, run_id: str, wanted: Mapping[int, Changes]) -> RetakePlan:
+    """Work out a retake of one or more shots (in one new cut) without changing anything. Raises
+    UnknownShots, RetakeError or the storyboard's InputError (the edited shots checked like a file)."""
     meta, source = runs.meta(run_id), runs.source(run_id)
     if meta.get("status") in ("cancelling", "cancelled"):
         raise RetakeError(f"run {run_id} was cancelled: submit the storyboard again instead")
     if "storyboard" not in source:
         raise RetakeError(f"run {run_id} keeps no storyboard to plan again (a previz run, or an older one)")
     doc: dict[str, Any] = json.loads(source["storyboard"])
-    entry = _shot_entry(doc, shot)
     takes, cut = runs.takes(run_id), int(meta.get("cut", "1"))
-    drawn = None
-    if changes.empty:
-        drawn = derive_seed(doc["project"], doc["episode"], shot, f"take {takes.get(shot, FIRST_TAKE) + 1}")
-        changes = Changes(seed=drawn)
-    _apply(entry, changes)
+    entries = _shot_entries(doc, sorted(wanted))
+    drawn: dict[int, int] = {}
+    for shot, changes in sorted(wanted.items()):
+        if changes.empty:
+            take = takes.get(shot, FIRST_TAKE) + 1
+            drawn[shot] = derive_seed(doc["project"], doc["episode"], shot, f"take {take}")
+        _apply(entries[shot], Changes(seed=drawn[shot]) if shot in drawn else changes)
     episode = check_episode(
         doc, json.loads(source["registry"]), Path(source["storyboard_file"]), Path(source["registry_file"])
     )
@@ -111,11 +114,10 @@ def plan_retake(runs: RunStore, run_id: str, shot: int, changes: Changes) -> Ret
     trial = build_plan(episode, takes, cut)
     fresh = [s for s in trial.steps if s.id not in known]
     changed = sorted({s.shot for s in fresh if s.shot is not None})
-    if shot not in changed:
+    for shot in sorted(set(wanted) - set(changed)):
         take = takes.get(shot, FIRST_TAKE)
-        hint = (
-            " (--strength acts only on frames made from the shot's first frame)" if changes.strength else ""
-        )
+        strength = wanted[shot].strength is not None
+        hint = " (--strength acts only on frames made from the shot's first frame)" if strength else ""
         raise RetakeError(f"nothing changes: take T{take:02d} of shot {shot} already renders this{hint}")
     new_takes = {n: takes.get(n, FIRST_TAKE) + 1 for n in changed}
     new_cut = cut + 1 if any(s.shot is None for s in fresh) else cut
@@ -131,12 +133,13 @@ def plan_retake(runs: RunStore, run_id: str, shot: int, changes: Changes) -> Ret
         storyboard=json.dumps(doc, ensure_ascii=False),
         cut=new_cut,
     )
-    return RetakePlan(run_id, shot, new_takes, new_cut, rerun, len(plan.steps) - len(rerun), drawn, extension)
+    reused = len(plan.steps) - len(rerun)
+    return RetakePlan(run_id, sorted(wanted), new_takes, new_cut, rerun, reused, drawn, extension)
 
 
-def retake(runs: RunStore, sender: Sender, run_id: str, shot: int, changes: Changes) -> RetakePlan:
+def retake(runs: RunStore, sender: Sender, run_id: str, wanted: Mapping[int, Changes]) -> RetakePlan:
     """Make the retake: switch the run to the new plan and send what can start now."""
-    planned = plan_retake(runs, run_id, shot, changes)
+    planned = plan_retake(runs, run_id, wanted)
     completion = runs.extend(run_id, planned.extension)
     if completion.duplicate:
         raise RetakeError(f"run {run_id} was cancelled meanwhile; nothing changed")
@@ -145,13 +148,18 @@ def retake(runs: RunStore, sender: Sender, run_id: str, shot: int, changes: Chan
     return planned
 
 
-def _shot_entry(doc: dict[str, Any], shot: int) -> dict[str, Any]:
-    entries = [s for s in doc.get("shots", []) if isinstance(s, dict)]
-    for entry in entries:
-        if entry.get("shot") == shot:
-            return entry
-    numbers = ", ".join(str(e.get("shot")) for e in entries)
-    raise UnknownShots(f"the run has no shot {shot}; its shots: {numbers}")
+def marked_for_retake(runs: RunStore, run_id: str) -> list[int]:
+    """Shots a reviewer marked `retake` on the dailies page and not retaken since."""
+    return sorted(shot for shot, decision in runs.reviews(run_id).items() if decision == "retake")
+
+
+def _shot_entries(doc: dict[str, Any], shots: list[int]) -> dict[int, dict[str, Any]]:
+    entries = {e.get("shot"): e for e in doc.get("shots", []) if isinstance(e, dict)}
+    unknown = [str(n) for n in shots if n not in entries]
+    if unknown or not shots:
+        known = ", ".join(str(n) for n in entries)
+        raise UnknownShots(f"the run has no shot {', '.join(unknown) or '(none named)'}; its shots: {known}")
+    return {n: entries[n] for n in shots}
 
 
 def _apply(entry: dict[str, Any], changes: Changes) -> None:

@@ -239,7 +239,9 @@ def test_a_retaken_shot_shows_its_take_and_links_the_files_of_earlier_takes(
     drain(runs, run_id)
     shot = first_shot(runs, run_id, StepKind.T2I, "hero")
     entry = next(s for s in sample_doc["shots"] if s["shot"] == shot)
-    retake(runs, sender, run_id, shot, Changes({"last": f"{entry['last_frame']} Her breath fogs the glass."}))
+    retake(
+        runs, sender, run_id, {shot: Changes({"last": f"{entry['last_frame']} Her breath fogs the glass."})}
+    )
 
     dailies = gather(runs, run_id)
     shown = card(dailies, shot)

@@ -10,8 +10,8 @@ import redis
 
 from farm.plan import Plan, Step, StepKind, build_plan
 from farm.problems import InputError
-from farm.retake import Changes, RetakeError, plan_retake, retake, run_source
-from farm.review import approve, gated_steps
+from farm.retake import Changes, RetakeError, marked_for_retake, plan_retake, retake, run_source
+from farm.review import approve, gated_steps, mark
 from farm.state import RunStore
 from farm.validate import check_episode, load_episode
 from tests.conftest import Doc
@@ -60,7 +60,7 @@ def test_a_retake_reruns_the_changed_steps_its_continuity_child_and_the_episode(
     edited["shots"][1]["last_frame"] = "JNXCHAR leans on the shut bulkhead door, breathing hard."
     expected = {s.id for s in plan_of(edited, sample_path, registry_doc).steps} - {s.id for s in before.steps}
 
-    planned = retake(runs, sender, "rt1", 2, Changes({"last": edited["shots"][1]["last_frame"]}))
+    planned = retake(runs, sender, "rt1", {2: Changes({"last": edited["shots"][1]["last_frame"]})})
 
     assert {s.id for s in planned.rerun} == expected
     assert {s.shot for s in planned.rerun} == {2, 3, None}, "shot 3 starts from shot 2's last frame"
@@ -90,7 +90,7 @@ def test_changing_only_the_motion_keeps_every_keyframe(
 ) -> None:
     runs, sender = RunStore(client), RecordingSender()
     rendered_run(runs, "rt2", sample_path)
-    planned = retake(runs, sender, "rt2", 2, Changes({"motion": "The keeper turns slowly toward the sea."}))
+    planned = retake(runs, sender, "rt2", {2: Changes({"motion": "The keeper turns slowly toward the sea."})})
     assert {s.kind for s in planned.rerun} == {StepKind.VIDEO, StepKind.CONCAT}
     assert planned.takes == {2: 2}, "shot 3 starts from shot 2's frames, which did not change"
     finish(runs, "rt2", sender.sent)
@@ -102,22 +102,38 @@ def test_a_retake_without_changes_draws_a_new_seed_and_a_second_one_another(
 ) -> None:
     runs, sender = RunStore(client), RecordingSender()
     rendered_run(runs, "rt3", sample_path)
-    first = retake(runs, sender, "rt3", 5, Changes())
+    first = retake(runs, sender, "rt3", {5: Changes()})
     finish(runs, "rt3", sender.sent)
-    second = retake(runs, sender, "rt3", 5, Changes())
-    assert first.seed is not None and second.seed is not None and first.seed != second.seed
-    assert second.takes == {5: 3}
-    assert all(s.params.get("seed") in (second.seed, None) for s in second.rerun if s.shot == 5)
+    second = retake(runs, sender, "rt3", {5: Changes()})
+    assert first.seeds.keys() == second.seeds.keys() == {5} and first.seeds[5] != second.seeds[5]
+    assert second.takes == {5: 3} and second.cut == 3
+    assert all(s.params.get("seed") in (second.seeds[5], None) for s in second.rerun if s.shot == 5)
+
+
+def test_shots_marked_for_retake_are_retaken_together_in_one_cut(
+    client: redis.Redis, sample_path: Path
+) -> None:
+    runs, sender = RunStore(client), RecordingSender()
+    rendered_run(runs, "rt10", sample_path)
+    mark(runs, "rt10", [5, 7], "retake")
+    mark(runs, "rt10", [6], "needs_review")
+    assert marked_for_retake(runs, "rt10") == [5, 7]
+    planned = retake(runs, sender, "rt10", {n: Changes() for n in marked_for_retake(runs, "rt10")})
+    assert planned.takes == {5: 2, 7: 2} and planned.cut == 2 and planned.seeds.keys() == {5, 7}
+    assert [s.shot for s in planned.rerun].count(None) == 1, "one episode concat for both"
+    assert marked_for_retake(runs, "rt10") == [] and runs.reviews("rt10") == {6: "needs_review"}
+    finish(runs, "rt10", sender.sent)
+    assert runs.meta("rt10")["status"] == "succeeded"
 
 
 def test_strength_changes_the_shots_frame_to_frame_img2img(client: redis.Redis, sample_path: Path) -> None:
     runs = RunStore(client)
     rendered_run(runs, "rt9", sample_path)
-    planned = plan_retake(runs, "rt9", 3, Changes(strength=0.55))
+    planned = plan_retake(runs, "rt9", {3: Changes(strength=0.55)})
     changed = [s for s in planned.rerun if s.kind is StepKind.IMG2IMG]
     assert [(s.shot, s.role, s.params["strength"]) for s in changed] == [(3, "last", 0.55)]
     with pytest.raises(RetakeError, match="--strength"):
-        plan_retake(runs, "rt9", 2, Changes(strength=0.55))  # a hero shot's frames use the fixed 0.40
+        plan_retake(runs, "rt9", {2: Changes(strength=0.55)})  # a hero shot's frames use the fixed 0.40
 
 
 def test_a_retake_to_the_current_settings_or_of_an_unknown_shot_changes_nothing(
@@ -126,9 +142,9 @@ def test_a_retake_to_the_current_settings_or_of_an_unknown_shot_changes_nothing(
     runs = RunStore(client)
     rendered_run(runs, "rt4", sample_path)
     with pytest.raises(RetakeError, match="nothing changes"):
-        plan_retake(runs, "rt4", 2, Changes({"first": sample_doc["shots"][1]["first_frame"]}))
+        plan_retake(runs, "rt4", {2: Changes({"first": sample_doc["shots"][1]["first_frame"]})})
     with pytest.raises(ValueError, match="no shot 42"):
-        plan_retake(runs, "rt4", 42, Changes(seed=1))
+        plan_retake(runs, "rt4", {42: Changes(seed=1)})
     assert runs.takes("rt4") == {} and runs.history("rt4") == []
 
 
@@ -139,7 +155,7 @@ def test_a_retake_that_breaks_the_storyboard_lists_its_problems_and_changes_noth
     rendered_run(runs, "rt5", sample_path)
     states = runs.states("rt5")
     with pytest.raises(InputError) as caught:
-        plan_retake(runs, "rt5", 2, Changes({"first": "x" * 5000}))
+        plan_retake(runs, "rt5", {2: Changes({"first": "x" * 5000})})
     assert any("shots[1].first_frame" in str(p) for p in caught.value.problems)
     assert runs.states("rt5") == states and runs.meta("rt5")["status"] == "succeeded"
 
@@ -152,7 +168,7 @@ def test_a_retake_in_a_review_run_holds_the_new_video_until_approved_again(
     finish(runs, "rt6", approve(runs, sender, "rt6", [1, 2, 4, 5, 6, 7, 8, 9, 10]).steps)
     assert runs.meta("rt6")["status"] == "review", "shot 3 still waits"
     sender.sent.clear()
-    retake(runs, sender, "rt6", 2, Changes(seed=11))
+    retake(runs, sender, "rt6", {2: Changes(seed=11)})
     finish(runs, "rt6", sender.sent)
     states, steps = runs.states("rt6"), runs.steps("rt6")
     held = {s.shot for s in steps.values() if states[s.id] == "held"}
@@ -172,7 +188,7 @@ def test_a_retake_supersedes_steps_of_the_old_take_not_yet_run(
     plan = build_plan(episode)
     roots = runs.create("rt7", plan, {"backend": "local"}, (), run_source(episode))
     old_shot2 = [s.id for s in plan.steps if s.shot == 2 and s.id in roots]
-    retake(runs, sender, "rt7", 2, Changes(seed=7))
+    retake(runs, sender, "rt7", {2: Changes(seed=7)})
     assert all(runs.states("rt7")[i] == "superseded" for i in old_shot2)
     assert all(runs.begin("rt7", i) == -1 for i in old_shot2), "a queued step of the old take never starts"
     finish(runs, "rt7", [r for r in roots if runs.states("rt7")[r] == "queued"] + sender.sent)
@@ -186,4 +202,4 @@ def test_a_cancelled_run_cannot_be_retaken(client: redis.Redis, sample_path: Pat
     runs.create("rt8", build_plan(episode), {"backend": "local"}, (), run_source(episode))
     runs.cancel("rt8")
     with pytest.raises(RetakeError, match="cancelled"):
-        plan_retake(runs, "rt8", 2, Changes(seed=3))
+        plan_retake(runs, "rt8", {2: Changes(seed=3)})
