@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from typer.testing import CliRunner
 
+from farm.cli import app
 from farm.plan import Plan, Step, StepKind, build_plan
 from farm.problems import InputError
 from farm.retake import Changes, RetakeError, marked_for_retake, plan_retake, retake, run_source
@@ -203,3 +205,24 @@ def test_a_cancelled_run_cannot_be_retaken(client: redis.Redis, sample_path: Pat
     runs.cancel("rt8")
     with pytest.raises(RetakeError, match="cancelled"):
         plan_retake(runs, "rt8", {2: Changes(seed=3)})
+
+
+def test_the_retake_command_dry_runs_marked_shots_and_refuses_mixed_arguments(
+    client: redis.Redis, redis_url: str, sample_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = RunStore(client)
+    rendered_run(runs, "rt11", sample_path)
+    monkeypatch.setenv("FARM_REDIS_URL", redis_url)
+    cli = CliRunner()
+    assert "no shot is marked" in cli.invoke(app, ["retake", "rt11", "--marked"]).output
+    mark(runs, "rt11", [2], "retake")
+    dry = cli.invoke(app, ["retake", "rt11", "--marked", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "shot 2 take T02: would re-render" in dry.output
+    assert "shot 3 take T02 (continues from a retaken shot)" in dry.output
+    assert "episode cut C02" in dry.output and "new seed" in dry.output
+    assert runs.takes("rt11") == {} and marked_for_retake(runs, "rt11") == [2], "a dry run changes nothing"
+    assert cli.invoke(app, ["retake", "rt11", "2", "--marked"]).exit_code == 2
+    assert cli.invoke(app, ["retake", "rt11", "--marked", "--seed", "4"]).exit_code == 2
+    bad = cli.invoke(app, ["retake", "rt11", "2", "--motion", "x " * 3000])
+    assert bad.exit_code == 2 and "shots[1].motion_prompt" in bad.output
