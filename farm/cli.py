@@ -41,6 +41,8 @@ app = typer.Typer(
     add_completion=False,
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
+from farm.cli_autoscale import checked_queues, local_autoscaler, show_decisions_in_console  # noqa: E402
+from farm.cli_autoscale import register as register_autoscale  # noqa: E402
 from farm.cli_dailies import register as register_dailies  # noqa: E402
 from farm.cli_pods import PodReaper, pods_app  # noqa: E402
 from farm.cli_review import register as register_review  # noqa: E402
@@ -48,6 +50,7 @@ from farm.cli_review import register as register_review  # noqa: E402
 app.add_typer(pods_app, name="pods")
 register_review(app)
 register_dailies(app)
+register_autoscale(app)
 
 StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
 RegistryOpt = Annotated[
@@ -250,11 +253,18 @@ def up(
     flower: Annotated[bool, typer.Option(help="Also start Flower on 127.0.0.1.")] = True,
     fal_emulator: FalEmulatorOpt = False,
     fal_latency_scale: FalScaleOpt = 0.05,
+    autoscale: Annotated[
+        bool, typer.Option("--autoscale", help="Size each queue's workers by its backlog (FARM_AUTOSCALE_*).")
+    ] = False,
 ) -> None:
     """Start Redis (unless FARM_REDIS_URL), one worker per queue and Flower; Ctrl-C stops them warmly."""
-    emulator = _use_fal_emulator(fal_latency_scale) if fal_emulator else None
     settings = load_settings()
-    farm = start_farm(settings, flower=flower)
+    if autoscale:
+        checked_queues(settings, None)
+        show_decisions_in_console()
+    emulator = _use_fal_emulator(fal_latency_scale) if fal_emulator else None
+    farm = start_farm(settings, flower=flower, queues=() if autoscale else QUEUES)
+    scaler, pools = local_autoscaler(farm, QUEUES) if autoscale else (None, {})
     _announce(farm)
     stop = {"now": False}
 
@@ -264,13 +274,19 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     reaper = PodReaper(settings, farm.broker_url) if settings.runpod_api_key is not None else None
+    next_tick = 0.0
     try:
         while not stop["now"]:
+            if scaler is not None and time.monotonic() >= next_tick:
+                scaler.tick()
+                next_tick = time.monotonic() + settings.autoscale_interval_s
             time.sleep(0.2)
             if reaper is not None:
                 reaper.maybe_reap()
     finally:
         console.print("stopping: workers finish their current step first...")
+        for pool in pools.values():
+            pool.stop()
         stop_farm(farm)
         if emulator is not None:
             emulator.stop()
@@ -355,9 +371,8 @@ def _render_privately(
 
 def _announce(farm: Farm) -> None:
     console.print(f"broker  {safe_url(farm.broker_url)}" + ("  (own redis-server)" if farm.redis else ""))
-    console.print(
-        f"workers {', '.join(f'{q} (pid {p.pid})' for q, p in farm.workers.items())}; logs in {farm.log_dir}"
-    )
+    workers = ", ".join(f"{q} (pid {p.pid})" for q, p in farm.workers.items()) or "by the autoscaler"
+    console.print(f"workers {workers}; logs in {farm.log_dir}")
     access = farm.flower_access
     if access is not None:
         secret = (

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     time_limit_scale: float = 1.0
     """Scales every step's time limits and the broker's visibility timeout together (tests shrink them)."""
 
+    autoscale_workers: str = "post=1:4,cloud=1:2,gpu=0:2"
+    """Per queue, `min:max` worker processes the autoscaler keeps (each runs `<queue>_concurrency` steps)."""
+    autoscale_up_cooldown_s: float = 5.0
+    autoscale_down_cooldown_s: float = 120.0
+    """How long the backlog must want fewer workers before any leave."""
+    autoscale_interval_s: float = 2.0
+
     def artifacts_root(self) -> Path:
         return self.store_root or self.home / "artifacts"
 

@@ -182,11 +182,10 @@ def _spawn(
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
 
 
-def start_worker(farm: Farm, queue: str) -> subprocess.Popen[bytes]:
-    """Start (or restart) the worker of one queue; its log continues in worker-<queue>.log."""
-    log_path = farm.log_dir / f"worker-{queue}.log"
+def start_worker(farm: Farm, queue: str, log_name: str = "") -> subprocess.Popen[bytes]:
+    """Start (or restart) a worker of one queue; its log continues in worker-<queue>.log (or `log_name`)."""
     name = f"{queue}.{secrets.token_hex(3)}@%h"
-    return _spawn(farm, worker_command(queue, farm.settings, name), log_path.name)
+    return _spawn(farm, worker_command(queue, farm.settings, name), log_name or f"worker-{queue}.log")
 
 
 def _start_flower(farm: Farm) -> None:

@@ -1,0 +1,77 @@
+"""`farm autoscale`: grow and shrink this machine's worker processes per queue with the backlog."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Annotated
+
+import redis
+import typer
+
+from farm.autoscaler import Autoscaler, policies
+from farm.cli_runtime import INPUT_ERROR, console
+from farm.routing import QUEUES
+from farm.settings import Settings, load_settings
+from farm.supervisor import Farm, start_farm, stop_farm
+from farm.worker_pool import LocalWorkers
+
+
+def local_autoscaler(farm: Farm, queues: tuple[str, ...]) -> tuple[Autoscaler, dict[str, LocalWorkers]]:
+    """An autoscaler driving local worker processes of `queues` on a started farm."""
+    pools = {q: LocalWorkers(farm, q) for q in queues}
+    client = redis.Redis.from_url(farm.broker_url)
+    return Autoscaler(client, pools, policies(farm.settings, queues)), pools
+
+
+def checked_queues(settings: Settings, queues: list[str] | None) -> tuple[str, ...]:
+    chosen = tuple(queues or QUEUES)
+    unknown = sorted(set(chosen) - set(QUEUES))
+    problem = f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}" if unknown else ""
+    if not problem:
+        try:
+            policies(settings, chosen)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)
+    return chosen
+
+
+def show_decisions_in_console() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("farm").setLevel(logging.INFO)
+
+
+def autoscale(
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", "-q", help=f"Queues to scale [default: {', '.join(QUEUES)}]."),
+    ] = None,
+) -> None:
+    """Run worker processes per queue, as many as each backlog asks for (FARM_AUTOSCALE_*); Ctrl-C stops
+    them warmly. Uses the running farm's Redis (or starts one)."""
+    settings = load_settings()
+    queues = checked_queues(settings, queue)
+    show_decisions_in_console()
+    farm = start_farm(settings, queues=(), flower=False)
+    scaler, pools = local_autoscaler(farm, queues)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    for name, policy in scaler.scalers.items():
+        console.print(f"{name}: {policy.policy.min_workers}..{policy.policy.max_workers} workers")
+    try:
+        scaler.run(settings.autoscale_interval_s, lambda: stop["now"])
+    finally:
+        console.print("stopping: workers finish their current step first...")
+        for pool in pools.values():
+            pool.stop()
+        stop_farm(farm)
+        console.print("autoscaler stopped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(autoscale)
