@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import typer
 from pydantic import SecretStr
 from rich.markup import escape
@@ -21,6 +22,7 @@ from farm import dispatch
 from farm.artifacts import namespace_for
 from farm.cli_runtime import FAILED, INPUT_ERROR, RunArg, connect, console, require_run, safe_url
 from farm.estimate import estimate as estimate_plan
+from farm.metrics import serve_metrics
 from farm.plan import Plan, Step, build_plan, build_previz_plan
 from farm.plan_json import money, plan_document
 from farm.previz_sheet import write_previz
@@ -266,6 +268,11 @@ def up(
     farm = start_farm(settings, flower=flower, queues=() if autoscale else QUEUES)
     scaler, pools = local_autoscaler(farm, QUEUES) if autoscale else (None, {})
     _announce(farm)
+    exporter = None
+    if settings.metrics_port is not None:
+        client = redis.Redis.from_url(farm.broker_url)
+        exporter, _ = serve_metrics(client, QUEUES, settings.metrics_host, settings.metrics_port)
+        console.print(f"metrics http://{settings.metrics_host}:{exporter.server_port}/metrics")
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -287,6 +294,9 @@ def up(
         console.print("stopping: workers finish their current step first...")
         for pool in pools.values():
             pool.stop()
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         stop_farm(farm)
         if emulator is not None:
             emulator.stop()

@@ -1,17 +1,19 @@
-"""`farm autoscale`: grow and shrink this machine's worker processes per queue with the backlog."""
+"""`farm autoscale` (this machine's worker processes per queue, sized by the backlog) and `farm metrics`."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import sys
+import threading
 from typing import Annotated
 
 import redis
 import typer
 
 from farm.autoscaler import Autoscaler, policies
-from farm.cli_runtime import INPUT_ERROR, console
+from farm.cli_runtime import INPUT_ERROR, connect, console
+from farm.metrics import serve_metrics
 from farm.routing import QUEUES
 from farm.settings import Settings, load_settings
 from farm.supervisor import Farm, start_farm, stop_farm
@@ -73,5 +75,29 @@ def autoscale(
         console.print("autoscaler stopped")
 
 
+def metrics(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: FARM_METRICS_HOST].")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9108,
+) -> None:
+    """Serve the farm's Prometheus metrics at /metrics until Ctrl-C: backlog per queue, workers wanted and
+    actual, step durations, retries and failures, paid calls and cost, pods and $/hour."""
+    settings = load_settings()
+    runs, _ = connect(settings)
+    server, thread = serve_metrics(runs.r, QUEUES, host or settings.metrics_host, port)
+    console.print(
+        f"metrics at http://{host or settings.metrics_host}:{server.server_port}/metrics (Ctrl-C stops)"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
 def register(app: typer.Typer) -> None:
     app.command()(autoscale)
+    app.command()(metrics)

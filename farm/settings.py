@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     autoscale_down_cooldown_s: float = 120.0
     """How long the backlog must want fewer workers before any leave."""
     autoscale_interval_s: float = 2.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """Serve Prometheus metrics at http://<metrics_host>:<metrics_port>/metrics from `farm up` too."""
 
     def artifacts_root(self) -> Path:
         return self.store_root or self.home / "artifacts"

@@ -8,9 +8,11 @@ import random
 import socket
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
+from farm import metrics
 from farm.artifacts import input_index, output_key, output_keys
 from farm.manifest import write_manifest
 from farm.plan import Step
@@ -63,12 +65,14 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
             run_id,
             step_id,
             f"its worker died {started - 1} times while running it (limit {limit}); not retried again",
+            "worker_died",
         )
     step = runs.step(run_id, step_id)
     meta = runs.meta(run_id)
     backend = runs.backend_overrides(run_id).get(step_id, meta["backend"])
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    runs.set_info(run_id, step_id, started_at=time.time(), worker=worker, delivery=started)
+    started_at = time.time()
+    runs.set_info(run_id, step_id, started_at=started_at, worker=worker, delivery=started)
     try:
         cached, result = produce(ctx, run_id, step, meta["namespace"], backend)
         paths = publish(ctx, step, meta["namespace"], Path(meta["output_dir"]))
@@ -78,7 +82,7 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
         _retry_later(ctx, run_id, step, exc)
     except Exception as exc:  # every other failure becomes a readable reason on the step
         log.exception("step %s of run %s failed", step_id, run_id)
-        _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}")
+        _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}", type(exc).__name__)
     runs.set_info(
         run_id,
         step_id,
@@ -88,6 +92,8 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
         outputs=[str(p) for p in paths],
         metadata=result.metadata,
     )
+    if not cached:
+        _count_render(ctx, step, backend, time.time() - started_at, result.cost_usd)
     completion = runs.complete(run_id, step_id, cached=cached)
     if completion.outcome:
         write_manifest(runs, ctx.store, run_id)
@@ -96,6 +102,8 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
 
 def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientError) -> NoReturn:
     """Bounded retries with exponential backoff and jitter; waiting for a cap slot is not a retry."""
+    reason = f"wait:{type(exc).__name__}" if isinstance(exc, CapacityWait) else type(exc).__name__
+    metrics.record_retry(ctx.runs.r, step.kind.value, reason)
     if isinstance(exc, CapacityWait):
         ctx.runs.bump(run_id, step.id, "cap_waits")
         ctx.runs.set_info(run_id, step.id, last_wait_reason=str(exc))
@@ -104,7 +112,13 @@ def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientErro
         retries = ctx.runs.bump(run_id, step.id, "retries")
         ctx.runs.set_info(run_id, step.id, last_retry_reason=str(exc))
         if retries > ctx.settings.fal_max_retries:
-            _fail(ctx, run_id, step.id, f"gave up after {retries - 1} retries; last error: {exc}")
+            _fail(
+                ctx,
+                run_id,
+                step.id,
+                f"gave up after {retries - 1} retries; last error: {exc}",
+                "retries_spent",
+            )
         backoff = min(MAX_BACKOFF_S, 2.0 ** (retries - 1)) * random.uniform(0.5, 1.5)
         countdown = max(exc.retry_after_s or 0.0, backoff)
     ctx.runs.requeue(run_id, step.id)
@@ -113,7 +127,7 @@ def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientErro
 
 def _reroute(ctx: WorkerContext, run_id: str, step: Step, backend: str, reason: str) -> NoReturn:
     if backend == FALLBACK_BACKEND:
-        _fail(ctx, run_id, step.id, f"refused by the fallback too: {reason}")
+        _fail(ctx, run_id, step.id, f"refused by the fallback too: {reason}", "refused")
     ctx.runs.reroute(run_id, step.id, FALLBACK_BACKEND)
     ctx.runs.set_info(run_id, step.id, fallback={"from": backend, "to": FALLBACK_BACKEND, "reason": reason})
     ctx.runs.requeue(run_id, step.id)
@@ -176,7 +190,17 @@ def publish(ctx: WorkerContext, step: Step, namespace: str, output_dir: Path) ->
     return paths
 
 
-def _fail(ctx: WorkerContext, run_id: str, step_id: str, reason: str) -> NoReturn:
+def _count_render(ctx: WorkerContext, step: Step, backend: str, seconds: float, cost: Decimal) -> None:
+    """Into the farm-wide metrics: how long the render took and, when paid, where the money went."""
+    metrics.record_step(ctx.runs.r, step.kind.value, step.engine, seconds)
+    if cost > 0:
+        where = backend_for(step.kind, backend)
+        metrics.record_paid(ctx.runs.r, step.endpoint if where == "fal" and step.endpoint else where, cost)
+
+
+def _fail(ctx: WorkerContext, run_id: str, step_id: str, reason: str, category: str) -> NoReturn:
+    """Mark the step failed with its reason (`category` is the short one the metrics count by)."""
+    metrics.record_failure(ctx.runs.r, ctx.runs.step(run_id, step_id).kind.value, category)
     if ctx.runs.fail(run_id, step_id, reason):
         write_manifest(ctx.runs, ctx.store, run_id)
     raise StepFailed(reason)

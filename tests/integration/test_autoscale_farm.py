@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import httpx
 import pytest
 
 from farm.autoscale import Decision
 from farm.autoscaler import last_decisions
 from farm.cli_autoscale import local_autoscaler
+from farm.metrics import metric_value, serve_metrics
+from farm.routing import QUEUES
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, stop_farm
 from farm.worker_pool import LocalWorkers
@@ -100,7 +103,7 @@ def test_a_burst_scales_the_pool_up_then_down_after_the_cooldown_losing_nothing(
         run_id, plan = farm.submit(burst(sample_doc, registry_doc, tmp_path))
         assert farm.wait(run_id, timeout_s=300) == "succeeded"
         settled = time.monotonic()
-        while scaling.pool.count() > 1 or scaling.pool.draining:
+        while scaling.pool.count() > 1 or scaling.pool.draining or last_decisions(farm.redis)["post"]["load"]:
             assert time.monotonic() - settled < 60, "the pool never shrank back"
             time.sleep(0.2)
 
@@ -120,3 +123,27 @@ def test_a_burst_scales_the_pool_up_then_down_after_the_cooldown_losing_nothing(
     assert len(workers) >= 2, "the added workers took part"
     published = last_decisions(farm.redis)["post"]
     assert published["target"] == 1 and published["load"] == 0
+
+    server, thread = serve_metrics(farm.redis, QUEUES, "127.0.0.1", 0)
+    try:
+        text = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics").text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    post = {"queue": "post"}
+    assert metric_value(text, "farm_workers_actual", post) == published["actual"]
+    assert metric_value(text, "farm_workers_target", post) == 1
+    assert (
+        metric_value(text, "farm_queue_waiting", post) == 0
+        and metric_value(text, "farm_queue_reserved", post) == 0
+    )
+    for kind in {s.kind.value for s in plan.steps}:
+        engines = {s.engine for s in plan.steps if s.kind.value == kind}
+        rendered = sum(1 for s in plan.steps if s.kind.value == kind)
+        counted = sum(
+            metric_value(text, "farm_step_duration_seconds_count", {"kind": kind, "engine": e}) or 0
+            for e in engines
+        )
+        assert counted == rendered, f"every {kind} step timed once"
+    assert metric_value(text, "farm_paid_calls_total") is None, "the embedded engine pays nothing"
