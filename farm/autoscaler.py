@@ -22,8 +22,6 @@ from farm.settings import Settings
 log = logging.getLogger(__name__)
 
 DECISIONS_KEY = "farm:autoscale"
-EXPECTED_POD_USD_PER_HR = 1.19
-"""An A100 80GB's price (the GPU pool's own estimate before a pod exists)."""
 
 
 class Pool(Protocol):
@@ -61,7 +59,7 @@ def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, Policy]:
                 high,
                 settings.gpu_max_pods,
                 settings.gpu_max_usd_per_hr,
-                EXPECTED_POD_USD_PER_HR,
+                settings.gpu_expected_usd_per_hr,
                 settings.gpu_jobs_per_pod,
                 per_worker[queue],
             )
@@ -84,18 +82,22 @@ class Autoscaler:
         pools: Mapping[str, Pool],
         policies: Mapping[str, Policy],
         clock: Callable[[], float] = time.time,
+        sources: Mapping[str, str] | None = None,
     ) -> None:
+        """`pools` by name; each is sized by the backlog of the queue `sources` names (default: its own name,
+        so the GPU pod pool can follow the `gpu` queue beside the `gpu` workers)."""
         self.client, self.pools, self.clock = client, pools, clock
-        self.scalers = {q: Scaler(q, policies[q]) for q in pools}
+        self.sources = {name: (sources or {}).get(name, name) for name in pools}
+        self.scalers = {name: Scaler(name, policies[name]) for name in pools}
         self._last: dict[str, tuple[str, int, int, int]] = {}
 
     def tick(self) -> list[Decision]:
-        """One reading of every queue, one decision each, carried out."""
+        """One reading of every queue, one decision per pool, carried out."""
         now = self.clock()
-        backlogs = read_backlogs(self.client, self.pools, now)
+        backlogs = read_backlogs(self.client, sorted(set(self.sources.values())), now)
         decisions = []
-        for queue, pool in self.pools.items():
-            decision = self.scalers[queue].decide(backlogs[queue], pool.count(), now)
+        for name, pool in self.pools.items():
+            decision = self.scalers[name].decide(backlogs[self.sources[name]], pool.count(), now)
             if decision.target != decision.actual:
                 pool.scale_to(decision.target)
             self._report(decision, now)

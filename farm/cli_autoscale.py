@@ -11,7 +11,7 @@ from typing import Annotated
 import redis
 import typer
 
-from farm.autoscaler import Autoscaler, policies
+from farm.autoscaler import Autoscaler, Pool, policies
 from farm.cli_runtime import INPUT_ERROR, connect, console
 from farm.metrics import serve_metrics
 from farm.routing import QUEUES
@@ -21,10 +21,24 @@ from farm.worker_pool import LocalWorkers
 
 
 def local_autoscaler(farm: Farm, queues: tuple[str, ...]) -> tuple[Autoscaler, dict[str, LocalWorkers]]:
-    """An autoscaler driving local worker processes of `queues` on a started farm."""
-    pools = {q: LocalWorkers(farm, q) for q in queues}
+    """An autoscaler driving local worker processes of `queues` on a started farm, and the GPU pod pool
+    (from the `gpu` backlog) when RunPod is configured."""
+    workers = {q: LocalWorkers(farm, q) for q in queues}
     client = redis.Redis.from_url(farm.broker_url)
-    return Autoscaler(client, pools, policies(farm.settings, queues)), pools
+    pools: dict[str, Pool] = dict(workers)
+    rules = policies(farm.settings, queues)
+    sources = {}
+    if "gpu" in queues and farm.settings.runpod_api_key is not None:
+        from workers.pod_scaling import POD_POOL, PodPoolScaling, pod_policy
+        from workers.registry import EngineServices, build_gpu_pool
+
+        gpu_pool, _, _ = build_gpu_pool(EngineServices(farm.settings, client))
+        pools[POD_POOL], rules[POD_POOL], sources[POD_POOL] = (
+            PodPoolScaling(gpu_pool),
+            pod_policy(farm.settings),
+            "gpu",
+        )
+    return Autoscaler(client, pools, rules, sources=sources), workers
 
 
 def checked_queues(settings: Settings, queues: list[str] | None) -> tuple[str, ...]:

@@ -92,13 +92,13 @@ class FarmCollector(Collector):
     def _workers(self) -> Iterator[GaugeMetricFamily]:
         decisions = last_decisions(self.client)
         for field, text in (
-            ("wanted", "Workers the backlog asks for (within min and max)"),
+            ("wanted", "Workers (pods for gpu-pods) the backlog asks for, within min and max"),
             ("target", "Workers the autoscaler asked the pool to have"),
             ("actual", "Workers the pool had at the last decision"),
         ):
-            family = GaugeMetricFamily(f"farm_workers_{field}", text, labels=["queue"])
-            for queue, doc in sorted(decisions.items()):
-                family.add_metric([queue], float(str(doc[field])))
+            family = GaugeMetricFamily(f"farm_workers_{field}", text, labels=["pool"])
+            for pool, doc in sorted(decisions.items()):
+                family.add_metric([pool], float(str(doc[field])))
             yield family
 
     def _durations(self) -> HistogramMetricFamily:

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     gpu_jobs_per_pod: int = Field(default=1, ge=1, le=8)
     """Steps one pod runs at a time (ComfyUI queues them; more overlaps transfers with renders)."""
     gpu_max_usd_per_hr: float = 5.0
+    gpu_expected_usd_per_hr: float = 1.19
+    """A pod's $/hour before it exists (an A100 80GB on demand), for the cap; RunPod's price once it runs."""
     gpu_idle_timeout_s: float = 600.0
     gpu_pod_prefix: str = "farm-gpu"
     gpu_ssh_key: Path | None = None

@@ -13,6 +13,10 @@ from workers.base import CapacityWait, TransientError
 from workers.pods import NoCapacity, PodNotFound, RunpodPods
 from workers.ssh import Endpoint
 
+CREATE_LOCK = "farm:pods:create-lock"
+CREATE_LOCK_TTL_S = 60
+"""Longer than one deploy call to RunPod; a holder that dies frees it after this."""
+
 
 @dataclass(frozen=True)
 class PoolLimits:
@@ -65,10 +69,6 @@ class GpuPool:
                 lease = self._ready(candidate, holder)
                 if lease is not None:
                     return lease
-        if not self._may_create():
-            raise PoolFull(
-                "every GPU pod is busy and the pool is at its pod or $/hour cap", retry_after_s=5.0
-            )
         return self._create(holder)
 
     def renew(self, lease: PodLease) -> bool:
@@ -79,8 +79,6 @@ class GpuPool:
 
     def start_new(self) -> str:
         """`farm pods up`: one more running pod now (a stopped one is resumed first), within the caps."""
-        if not self._may_create():
-            raise PoolFull("the pool is at its pod or $/hour cap")
         holder = f"ops-{secrets.token_hex(3)}"
         stopped = [p for p in self.registry.candidates("") if p.state == "stopped"]
         lease = None
@@ -171,10 +169,17 @@ class GpuPool:
         raise NoCapacity(f"RunPod has none of {', '.join(types)} available right now; retry later")
 
     def _create(self, holder: str) -> PodLease:
+        """A new pod, leased to `holder`. Checking the caps and registering the pod happen under one lock,
+        so workers (or the autoscaler) starting pods at the same moment can never pass a cap together."""
         name = f"{self.limits.name_prefix}-{secrets.token_hex(4)}"
-        pod_id, gpu_type = self._deploy(name)
-        self.registry.register(pod_id, name, gpu=gpu_type, cost_per_hr=self.limits.expected_cost_per_hr)
-        self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
+        with self.registry.r.lock(CREATE_LOCK, timeout=CREATE_LOCK_TTL_S, blocking_timeout=CREATE_LOCK_TTL_S):
+            if not self._may_create():
+                raise PoolFull(
+                    "every GPU pod is busy and the pool is at its pod or $/hour cap", retry_after_s=5.0
+                )
+            pod_id, gpu_type = self._deploy(name)
+            self.registry.register(pod_id, name, gpu=gpu_type, cost_per_hr=self.limits.expected_cost_per_hr)
+            self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
         try:
             endpoint = self.pods.wait_for_ssh(pod_id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)
         except TransientError:

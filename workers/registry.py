@@ -61,6 +61,7 @@ def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, Comf
     limits = PoolLimits(
         max_pods=s.gpu_max_pods,
         max_usd_per_hr=s.gpu_max_usd_per_hr,
+        expected_cost_per_hr=s.gpu_expected_usd_per_hr,
         idle_timeout_s=s.gpu_idle_timeout_s,
         name_prefix=s.gpu_pod_prefix,
         fallback_gpu_types=tuple(t.strip() for t in s.gpu_fallback_types.split(",") if t.strip()),

@@ -132,8 +132,8 @@ def test_a_burst_scales_the_pool_up_then_down_after_the_cooldown_losing_nothing(
         server.server_close()
         thread.join()
     post = {"queue": "post"}
-    assert metric_value(text, "farm_workers_actual", post) == published["actual"]
-    assert metric_value(text, "farm_workers_target", post) == 1
+    assert metric_value(text, "farm_workers_actual", {"pool": "post"}) == published["actual"]
+    assert metric_value(text, "farm_workers_target", {"pool": "post"}) == 1
     assert (
         metric_value(text, "farm_queue_waiting", post) == 0
         and metric_value(text, "farm_queue_reserved", post) == 0

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from farm.autoscale import Policy
+from farm.autoscaler import Autoscaler
 from farm.pod_registry import PodRegistry
 from workers.base import CapacityWait
 from workers.emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
 from workers.gpu_pool import GpuPool, PoolFull, PoolLimits
+from workers.pod_scaling import POD_POOL, PodPoolScaling
 from workers.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
 
 KEY = "pool-test-key"
@@ -118,3 +122,32 @@ def test_a_pod_that_never_gets_a_runtime_is_terminated(pool: GpuPool, emulator: 
         pool.acquire("qwen", "w1")
     assert emulator.pods() == {}, "a pod that never came up is not left running"
     assert pool.registry.pods() == []
+
+
+def test_the_gpu_backlog_starts_pods_within_the_caps_and_stops_only_idle_ones_when_it_drains(
+    pool: GpuPool, emulator: RunpodEmulator, client: redis.Redis
+) -> None:
+    scaling = PodPoolScaling(pool)
+    policy = Policy(0, 3, per_worker=1, up_cooldown_s=0, down_cooldown_s=0.5)  # 3 > what $3/h buys
+    autoscaler = Autoscaler(client, {POD_POOL: scaling}, {POD_POOL: policy}, sources={POD_POOL: "pods-test"})
+    client.lpush("pods-test", *[json.dumps({"headers": {}}) for _ in range(5)])
+    try:
+        (grow,) = autoscaler.tick()
+        assert (grow.action, grow.target) == ("up", 3)
+        for start in scaling.starts:
+            start.join(30)
+        assert scaling.count() == 2, "the $3/h cap stops the third pod ($1.19/h each)"
+        running = [p for p in emulator.pods().values() if p["desiredStatus"] == "RUNNING"]
+        assert len(running) == 2
+        busy = pool.acquire("qwen", "worker-1")
+    finally:
+        client.delete("pods-test")
+    (wait,) = autoscaler.tick()
+    assert wait.action == "hold" and "down-cooldown" in wait.reason
+    time.sleep(0.6)
+    (shrink,) = autoscaler.tick()
+    assert (shrink.action, shrink.target) == ("down", 0)
+    states = {p.id: p.state for p in pool.registry.pods()}
+    assert states.pop(busy.pod_id) == "running", "a pod a step holds is never stopped"
+    assert list(states.values()) == ["stopped"]
+    assert pool.pods.get(next(iter(states))).status == "EXITED"
