@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXAMPLE := examples/lighthouse/storyboard_ep_001.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test lint demo bench clean
+.PHONY: help setup tools test lint demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,11 +19,11 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed ## Create .venv and install the farm with its dev tools
 
-browser: ## Install Debian's chromium and chromedriver (the dailies page's browser test needs them)
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+tools: ## Install Debian's chromium, chromedriver and docker-compose (browser and compose tests need them)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v docker-compose >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
-	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver docker-compose; }
 
 test: setup ## Run the test suite
 	$(BIN)/pytest

@@ -43,16 +43,16 @@ app = typer.Typer(
     add_completion=False,
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
-from farm.cli_autoscale import checked_queues, local_autoscaler, show_decisions_in_console  # noqa: E402
-from farm.cli_autoscale import register as register_autoscale  # noqa: E402
 from farm.cli_dailies import register as register_dailies  # noqa: E402
+from farm.cli_ops import checked_queues, local_autoscaler, show_decisions_in_console  # noqa: E402
+from farm.cli_ops import register as register_ops  # noqa: E402
 from farm.cli_pods import PodReaper, pods_app  # noqa: E402
 from farm.cli_review import register as register_review  # noqa: E402
 
 app.add_typer(pods_app, name="pods")
 register_review(app)
 register_dailies(app)
-register_autoscale(app)
+register_ops(app)
 
 StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
 RegistryOpt = Annotated[

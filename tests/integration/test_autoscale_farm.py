@@ -18,7 +18,7 @@ import pytest
 
 from farm.autoscale import Decision
 from farm.autoscaler import last_decisions
-from farm.cli_autoscale import local_autoscaler
+from farm.cli_ops import local_autoscaler
 from farm.metrics import metric_value, serve_metrics
 from farm.routing import QUEUES
 from farm.settings import Settings

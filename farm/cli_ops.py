@@ -1,8 +1,10 @@
-"""`farm autoscale` (this machine's worker processes per queue, sized by the backlog) and `farm metrics`."""
+"""Ops commands: `farm autoscale` (worker processes per queue sized by the backlog), `farm metrics` and
+`farm flower`, so one image serves every role with the role picked by its command."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,7 +18,7 @@ from farm.cli_runtime import INPUT_ERROR, connect, console
 from farm.metrics import serve_metrics
 from farm.routing import QUEUES
 from farm.settings import Settings, load_settings
-from farm.supervisor import Farm, start_farm, stop_farm
+from farm.supervisor import Farm, flower_credentials, start_farm, stop_farm
 from farm.worker_pool import LocalWorkers
 
 
@@ -112,6 +114,30 @@ def metrics(
     thread.join()
 
 
+def flower(
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port [default: FARM_FLOWER_PORT].")] = None,
+) -> None:
+    """Run Flower in the foreground with basic auth (FARM_FLOWER_USER / FARM_FLOWER_PASSWORD; generated and
+    printed once if unset). The credentials reach Flower through its environment, never its command line."""
+    settings = load_settings()
+    user, password, generated = flower_credentials(settings)
+    if generated:
+        console.print(f"flower user {user} password {password} (kept in {settings.home}/flower.json)")
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "flower",
+        f"--address={host}",
+        f"--port={port or settings.flower_port}",
+    ]
+    os.execve(command[0], command, {**os.environ, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
+
+
 def register(app: typer.Typer) -> None:
     app.command()(autoscale)
     app.command()(metrics)
+    app.command()(flower)
