@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
 from farm.autoscale import Policy, Scaler, gpu_worker_cap, wanted_workers
 from farm.autoscaler import parse_limits
 from farm.backlog import Backlog
+from farm.cli import app
 
 POLICY = Policy(min_workers=1, max_workers=4, per_worker=2, up_cooldown_s=5, down_cooldown_s=60)
 
@@ -86,3 +88,13 @@ def test_limits_parse_per_queue_and_reject_nonsense() -> None:
         parse_limits("post=one:4")
     with pytest.raises(ValueError, match="min <= max"):
         Policy(3, 2, 1)
+
+
+def test_the_autoscale_command_refuses_unknown_queues_and_bad_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["autoscale", "--queue", "render"])
+    assert unknown.exit_code == 2 and "unknown queue(s) render" in unknown.output
+    monkeypatch.setenv("FARM_AUTOSCALE_WORKERS", "post=4:1")
+    inverted = runner.invoke(app, ["autoscale", "--queue", "post"])
+    assert inverted.exit_code == 2 and "min <= max" in inverted.output
+    assert runner.invoke(app, ["up", "--autoscale"]).exit_code == 2, "farm up checks the same before starting"
