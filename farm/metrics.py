@@ -135,7 +135,8 @@ class FarmCollector(Collector):
         yield cost
 
     def _pods(self) -> Iterator[GaugeMetricFamily]:
-        pods = PodRegistry(self.client).pods()
+        registry = PodRegistry(self.client)
+        pods = registry.pods()
         count = GaugeMetricFamily("farm_pods", "GPU pods the pool knows, by state", labels=["state"])
         hourly = GaugeMetricFamily("farm_pods_usd_per_hour", "What the pool's live pods cost per hour")
         by_state: dict[str, int] = defaultdict(int)
@@ -143,7 +144,7 @@ class FarmCollector(Collector):
             by_state[pod.state] += 1
         for state, n in sorted(by_state.items()):
             count.add_metric([state], n)
-        hourly.add_metric([], sum(p.cost_per_hr for p in pods if p.state != "EXITED"))
+        hourly.add_metric([], registry.hourly_cost())
         yield count
         yield hourly
 
