@@ -8,7 +8,7 @@ leave finish their step first (warm shutdown, in the pool that carries the decis
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from farm.backlog import Backlog
 
@@ -68,7 +68,6 @@ class Scaler:
     policy: Policy
     last_change: float = -math.inf
     fewer_since: float | None = None
-    history: list[Decision] = field(default_factory=list)
 
     def decide(self, backlog: Backlog, actual: int, now: float) -> Decision:
         wanted = wanted_workers(self.policy, backlog)
@@ -92,10 +91,7 @@ class Scaler:
             reason += f"; at most {self.policy.max_workers}: {self.policy.cap_reason}"
         if target != actual:
             self.last_change, self.fewer_since = now, None
-        decision = Decision(self.queue, backlog, actual, wanted, target, reason)
-        self.history.append(decision)
-        del self.history[:-100]
-        return decision
+        return Decision(self.queue, backlog, actual, wanted, target, reason)
 
 
 def gpu_worker_cap(

@@ -18,7 +18,7 @@ from farm.cli_runtime import INPUT_ERROR, connect, console
 from farm.metrics import serve_metrics
 from farm.routing import QUEUES
 from farm.settings import Settings, load_settings
-from farm.supervisor import Farm, flower_credentials, start_farm, stop_farm
+from farm.supervisor import Farm, flower_command, flower_credentials, start_farm, stop_farm
 from farm.worker_pool import LocalWorkers
 
 
@@ -124,16 +124,7 @@ def flower(
     user, password, generated = flower_credentials(settings)
     if generated:
         console.print(f"flower user {user} password {password} (kept in {settings.home}/flower.json)")
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks.app",
-        "flower",
-        f"--address={host}",
-        f"--port={port or settings.flower_port}",
-    ]
+    command = flower_command(host, port or settings.flower_port)
     os.execve(command[0], command, {**os.environ, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
 
 

@@ -183,7 +183,6 @@ class _Ctx:
     shot: Shot
     casting: Casting
     stem: str
-    take: int = FIRST_TAKE
 
     def seed(self, role: str) -> int:
         if self.shot.seed is not None:
@@ -198,15 +197,13 @@ class _Builder:
         self.board = board
         self.castings = castings
         self.takes = takes or {}
-        self._take = FIRST_TAKE
         self.steps: dict[str, Step] = {}
         self.frames: dict[tuple[int, str], str] = {}
         self.summaries: dict[int, ShotSummary] = {}
 
     def add_shot(self, shot: Shot) -> None:
         take = self.takes.get(shot.shot, FIRST_TAKE)
-        ctx = _Ctx(self.board, shot, self.castings[shot.shot], shot_stem(self.board, shot, take), take)
-        self._take = take
+        ctx = _Ctx(self.board, shot, self.castings[shot.shot], shot_stem(self.board, shot, take))
         build = {
             "standard_flf": self._standard_flf,
             "triptych_split_flf": self._triptych,
@@ -226,7 +223,6 @@ class _Builder:
             notes=tuple(ctx.casting.notes + notes),
             take=take,
         )
-        self._take = FIRST_TAKE
 
     def add_previz(self, shot: Shot) -> None:
         casting = self.castings[shot.shot]
@@ -461,7 +457,7 @@ class _Builder:
                 cost_usd=op.price_usd,
                 latency_s=op.latency_s,
                 notes=notes,
-                take=self._take,
+                take=self.takes.get(shot, FIRST_TAKE) if shot is not None else FIRST_TAKE,
             )
         return sid
 

@@ -143,8 +143,8 @@ def retake(runs: RunStore, sender: Sender, run_id: str, wanted: Mapping[int, Cha
     completion = runs.extend(run_id, planned.extension)
     if completion.duplicate:
         raise RetakeError(f"run {run_id} was cancelled meanwhile; nothing changed")
-    steps = {s.id: s for s in planned.rerun}
-    release(runs, sender, run_id, [steps[i] for i in completion.released], runs.meta(run_id)["backend"])
+    released = [runs.step(run_id, i) for i in completion.released]  # a step may have failed since planning
+    release(runs, sender, run_id, released, runs.meta(run_id)["backend"])
     return planned
 
 

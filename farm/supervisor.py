@@ -188,19 +188,24 @@ def start_worker(farm: Farm, queue: str, log_name: str = "") -> subprocess.Popen
     return _spawn(farm, worker_command(queue, farm.settings, name), log_name or f"worker-{queue}.log")
 
 
-def _start_flower(farm: Farm) -> None:
-    user, password, generated = flower_credentials(farm.settings)
-    port = farm.settings.flower_port
-    command = [
+def flower_command(host: str, port: int) -> list[str]:
+    """Flower over the farm's Celery app; its credentials go in FLOWER_BASIC_AUTH, never on this line."""
+    return [
         sys.executable,
         "-m",
         "celery",
         "-A",
         "tasks.app",
         "flower",
-        "--address=127.0.0.1",
+        f"--address={host}",
         f"--port={port}",
     ]
+
+
+def _start_flower(farm: Farm) -> None:
+    user, password, generated = flower_credentials(farm.settings)
+    port = farm.settings.flower_port
+    command = flower_command("127.0.0.1", port)
     farm.flower = _spawn(farm, command, "flower.log", {"FLOWER_BASIC_AUTH": f"{user}:{password}"})
     farm.flower_access = FlowerAccess(f"http://127.0.0.1:{port}", user, password, generated)
 

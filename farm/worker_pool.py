@@ -47,9 +47,6 @@ class LocalWorkers:
             leaving.send_signal(signal.SIGTERM)
             self.draining.append(leaving)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.active]
-
     def stop(self, timeout_s: float = 60.0) -> None:
         """Warm shutdown of every worker, then make sure none is left."""
         self.scale_to(0)

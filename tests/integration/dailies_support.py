@@ -77,6 +77,14 @@ def finish_keyframes(runs: RunStore, run_id: str) -> None:
     finish(runs, run_id, [s for s in runs.steps(run_id).values() if before_gate(s)])
 
 
+def submit_for_review(runs: RunStore, sender: RecordingSender, storyboard: Path, out: Path) -> str:
+    """A storyboard submitted with --review and its keyframes rendered: every shot's video is held."""
+    submit(runs, sender, storyboard, out, review=True)
+    run_id = run_of(runs)
+    finish_keyframes(runs, run_id)
+    return run_id
+
+
 def drain(runs: RunStore, run_id: str) -> None:
     """Finish every queued step, and what each releases, until nothing is queued."""
     while queued := [s for i, s in runs.steps(run_id).items() if runs.states(run_id)[i] == "queued"]:

@@ -39,6 +39,7 @@ from tests.integration.dailies_support import (
     run_of,
     serving,
     submit,
+    submit_for_review,
 )
 from workers.media import probe
 
@@ -83,9 +84,7 @@ def sender() -> RecordingSender:
 @pytest.fixture
 def review_run(runs: RunStore, sender: RecordingSender, sample_path: Path, tmp_path: Path) -> str:
     """The sample submitted with --review, its keyframes rendered: every shot's video is held."""
-    submit(runs, sender, sample_path, tmp_path / "out", review=True)
-    run_id = run_of(runs)
-    finish_keyframes(runs, run_id)
+    run_id = submit_for_review(runs, sender, sample_path, tmp_path / "out")
     assert runs.meta(run_id)["status"] == "review"
     return run_id
 

@@ -35,10 +35,8 @@ from farm.state import RunStore
 from tests.integration.dailies_support import (
     RecordingSender,
     finish,
-    finish_keyframes,
-    run_of,
     serving,
-    submit,
+    submit_for_review,
 )
 
 WINDOW = (1400, 1000)
@@ -104,9 +102,7 @@ def test_arrows_select_shots_and_a_and_n_review_them_in_a_real_browser(
     browser: webdriver.Chrome, client: redis.Redis, sample_path: Path, tmp_path: Path
 ) -> None:
     runs, sender = RunStore(client), RecordingSender()
-    submit(runs, sender, sample_path, tmp_path / "out", review=True)
-    run_id = run_of(runs)
-    finish_keyframes(runs, run_id)
+    run_id = submit_for_review(runs, sender, sample_path, tmp_path / "out")
 
     with serving(DailiesServer(runs, sender, run_id, "127.0.0.1", 0)) as server:
         browser.get(server.url)
@@ -155,9 +151,7 @@ def test_the_page_on_disk_moves_the_selection_and_acts_on_nothing(
     browser: webdriver.Chrome, client: redis.Redis, sample_path: Path, tmp_path: Path
 ) -> None:
     runs, sender = RunStore(client), RecordingSender()
-    submit(runs, sender, sample_path, tmp_path / "out", review=True)
-    run_id = run_of(runs)
-    finish_keyframes(runs, run_id)
+    run_id = submit_for_review(runs, sender, sample_path, tmp_path / "out")
     held_shot = next(s.shot for s in runs.steps(run_id).values() if s.kind is StepKind.KEN_BURNS)
     assert held_shot is not None
     released = review.approve(runs, sender, run_id, [held_shot]).steps
