@@ -104,9 +104,7 @@ def gpu_worker_cap(
 ) -> tuple[int, str]:
     """GPU workers beyond what the affordable pods can serve would only wait for a pod: the pool's pod
     and $/hour caps bound the queue's workers."""
-    affordable = max_pods
-    if pod_usd_per_hr > 0:
-        affordable = min(max_pods, math.floor(max_usd_per_hr / pod_usd_per_hr))
+    affordable = affordable_pods(max_pods, max_usd_per_hr, pod_usd_per_hr)
     useful = math.ceil(affordable * jobs_per_pod / per_worker)
     if useful >= max_workers:
         return max_workers, ""
@@ -114,3 +112,10 @@ def gpu_worker_cap(
         f"{affordable} pod(s) fit ${max_usd_per_hr:g}/h at ${pod_usd_per_hr:g}/h and {max_pods} pod(s) max, "
         f"{jobs_per_pod} job(s) each"
     )
+
+
+def affordable_pods(max_pods: int, max_usd_per_hr: float, pod_usd_per_hr: float) -> int:
+    """Pods the pool may run at once: its pod cap, or fewer when the $/hour cap allows fewer."""
+    if pod_usd_per_hr <= 0:
+        return max_pods
+    return min(max_pods, math.floor(max_usd_per_hr / pod_usd_per_hr))

@@ -69,3 +69,17 @@ def critical_path(plan: Plan) -> tuple[list[str], float]:
     while (before := via[chain[-1]]) is not None:
         chain.append(before)
     return chain[::-1], finish[last]
+
+
+def remaining_path_s(plan: Plan) -> dict[str, float]:
+    """Per step, the longest chain of typical latencies from its start to the end of the episode: the
+    scheduler's rank, since the step with the most still ahead of it is the one the episode waits for."""
+    dependents: dict[str, list[str]] = defaultdict(list)
+    for step in plan.steps:
+        for producer in step.inputs:
+            dependents[producer].append(step.id)
+    remaining: dict[str, float] = {}
+    for step in reversed(plan.steps):  # dependency order, so every consumer is known first
+        after = max((remaining[d] for d in dependents[step.id]), default=0.0)
+        remaining[step.id] = step.latency_s + after
+    return remaining

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.dispatch import Sender, release
+from farm.estimate import remaining_path_s
 from farm.naming import FIRST_TAKE
 from farm.plan import Plan, Step, build_plan, derive_seed
 from farm.review import GATED_KINDS, UnknownShots
@@ -132,6 +133,7 @@ def plan_retake(runs: RunStore, run_id: str, wanted: Mapping[int, Changes]) -> R
         takes=new_takes,
         storyboard=json.dumps(doc, ensure_ascii=False),
         cut=new_cut,
+        remaining=remaining_path_s(plan),
     )
     reused = len(plan.steps) - len(rerun)
     return RetakePlan(run_id, sorted(wanted), new_takes, new_cut, rerun, reused, drawn, extension)

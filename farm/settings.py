@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     time_limit_scale: float = 1.0
     """Scales every step's time limits and the broker's visibility timeout together (tests shrink them)."""
 
+    schedule_order: Literal["critical_path", "fifo"] = "critical_path"
+    """How ready steps are admitted under caps: longest remaining path first, or in release order."""
+    schedule_priority_head_start_s: float = 300.0
+    """Each run priority level above 5 counts as this many seconds more remaining path (below: fewer)."""
+    schedule_aging: float = Field(default=0.25, ge=0.0)
+    """Seconds of rank a waiting step gains per second, so a lower-priority run is never starved."""
+
     autoscale_workers: str = "post=1:4,cloud=1:2,gpu=0:2"
     """Per queue, `min:max` worker processes the autoscaler keeps (each runs `<queue>_concurrency` steps)."""
     autoscale_up_cooldown_s: float = 5.0

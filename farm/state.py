@@ -17,6 +17,7 @@ Keys, all under `farm:run:<run id>`:
   :takes        hash shot number -> its current take (absent: take 1); a retake adds one
   :history      list of step ids a retake replaced, oldest first (their outputs stay on disk)
   :source       hash storyboard | registry -> the documents the run was planned from (JSON text)
+  :remaining    hash step id -> seconds of typical latency from its start to the episode's end (its rank)
 `active` counts queued + running steps: when it reaches zero the run has settled, or waits in `review`
 while gated steps remain. A gated step whose inputs are all done is `held`, not queued.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 import redis
 
+from farm.estimate import remaining_path_s
 from farm.plan import Plan, Step
 
 RUNS_KEY = "farm:runs"
@@ -259,6 +261,8 @@ class Extension:
     takes: dict[int, int]
     storyboard: str
     cut: int
+    remaining: dict[str, float]
+    """Every step of `order` -> its remaining path in the new plan (the scheduler's rank)."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,9 @@ class RunStore:
             mapping={s.id: "queued" if not s.inputs else "waiting" for s in plan.steps},
         )
         pipe.hset(self.key(run_id, "waiting"), mapping={s.id: len(s.inputs) for s in plan.steps})
+        pipe.hset(
+            self.key(run_id, "remaining"), mapping={k: str(v) for k, v in remaining_path_s(plan).items()}
+        )
         if dependents:
             pipe.hset(
                 self.key(run_id, "dependents"), mapping={k: json.dumps(v) for k, v in dependents.items()}
@@ -408,6 +415,10 @@ class RunStore:
             "storyboard": change.storyboard,
             "cut": change.cut,
         }
+        if change.remaining:  # before the swap: the steps it releases are ranked by the new plan
+            self.r.hset(
+                self.key(run_id, "remaining"), mapping={k: str(v) for k, v in change.remaining.items()}
+            )
         reply = self._extend(keys=keys, args=[str(time.time()), json.dumps(doc)])
         head = _text(reply[0])
         if head == "-":
@@ -440,6 +451,11 @@ class RunStore:
         ids = [i for i in dict.fromkeys(replaced) if i not in current]
         raw = self.r.hmget(self.key(run_id, "steps"), ids) if ids else []
         return [Step.model_validate_json(blob) for blob in raw if blob is not None]
+
+    def remaining(self, run_id: str, step_ids: list[str]) -> dict[str, float]:
+        """Each step's remaining path in seconds (0 for a step the run never ranked)."""
+        raw = self.r.hmget(self.key(run_id, "remaining"), step_ids) if step_ids else []
+        return {s: float(v) if v is not None else 0.0 for s, v in zip(step_ids, raw, strict=True)}
 
     def sent(self, run_id: str, step_id: str) -> None:
         """The step's message is on its queue: it leaves the outbox."""

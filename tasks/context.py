@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import redis
 
 from farm.artifacts import store_from_settings
+from farm.scheduler import Scheduler
 from farm.settings import Settings, load_settings
 from farm.state import RunStore
 from farm.storage import ArtifactStore
@@ -23,6 +24,7 @@ class WorkerContext:
     runs: RunStore
     store: ArtifactStore
     sender: CelerySender
+    scheduler: Scheduler
     engines: dict[str, Engine] = field(default_factory=dict)
 
     def engine(self, name: str) -> Engine:
@@ -41,6 +43,6 @@ def context() -> WorkerContext:
         settings = load_settings()
         client = redis.Redis.from_url(broker_url(settings))
         _by_pid[pid] = WorkerContext(
-            settings, RunStore(client), store_from_settings(settings), CelerySender(app)
+            settings, RunStore(client), store_from_settings(settings), CelerySender(app), Scheduler(client)
         )
     return _by_pid[pid]

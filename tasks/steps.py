@@ -6,32 +6,33 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
-from farm.dispatch import release, resend_unsent
+from farm.dispatch import resend_unsent, step_ended
 from farm.plan import StepKind
+from tasks.announce import start_announcing, stop_announcing
 from tasks.app import app
 from tasks.config import task_name
 from tasks.context import context
-from tasks.execute import Rerouted, RetryLater, execute
+from tasks.execute import Rerouted, RetryLater, StepFailed, execute
 
 
 def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
     ctx = context()
     try:
         completion = execute(ctx, run_id, step_id)
-    except RetryLater as later:
+    except RetryLater as later:  # keeps its slot while it waits: the lane's capacity is spoken for
         raise task.retry(countdown=later.countdown) from later
-    except Rerouted as moved:
-        ctx.sender.send(run_id, ctx.runs.step(run_id, step_id), moved.queue)
+    except Rerouted as moved:  # leaves this lane's slot for a place in the other lane's ready set
+        step_ended(ctx.runs, ctx.sender, run_id, step_id, [step_id], scheduler=ctx.scheduler)
         return f"rerouted to {moved.queue}: {moved}"
+    except StepFailed:
+        step_ended(ctx.runs, ctx.sender, run_id, step_id, [], scheduler=ctx.scheduler)
+        raise
+    released = completion.released if completion else []
+    step_ended(ctx.runs, ctx.sender, run_id, step_id, released, scheduler=ctx.scheduler)
     if completion is None:
         return "skipped"
-    if completion.released:
-        backend = ctx.runs.meta(run_id)["backend"]
-        release(
-            ctx.runs, ctx.sender, run_id, [ctx.runs.step(run_id, s) for s in completion.released], backend
-        )
     return f"released {len(completion.released)}" + (
         f"; run {completion.outcome}" if completion.outcome else ""
     )
@@ -51,9 +52,16 @@ TASKS = {kind: _register(kind) for kind in StepKind}
 
 
 @worker_ready.connect
-def _resend_unsent(**_: Any) -> None:
-    """A worker starting is often a worker coming back from a crash: re-send steps released but never sent."""
+def _on_ready(sender: Any, **_: Any) -> None:
+    """Announce this worker's slots (its lane may admit more now), then re-send steps a crashed worker
+    admitted but never sent: a worker starting is often a worker coming back from a crash."""
     ctx = context()
-    resent = resend_unsent(ctx.runs, ctx.sender)
+    start_announcing(ctx, sender)
+    resent = resend_unsent(ctx.runs, ctx.sender, ctx.scheduler)
     if resent:
         logging.getLogger(__name__).warning("re-sent %d released step(s) whose message was lost", resent)
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    stop_announcing(context())

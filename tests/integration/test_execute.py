@@ -9,6 +9,7 @@ import redis
 
 from farm import dispatch
 from farm.plan import Plan, Step, build_plan
+from farm.scheduler import Scheduler
 from farm.settings import Settings
 from farm.state import RunStore
 from farm.storage import LocalStore
@@ -53,6 +54,7 @@ def make_context(client: redis.Redis, tmp_path: Path) -> tuple[WorkerContext, Co
         RunStore(client),
         LocalStore(tmp_path / "store"),
         ListSender(),  # type: ignore[arg-type]
+        Scheduler(client),
         {"local": engine},
     )
     return ctx, engine

@@ -1,0 +1,280 @@
+"""Admission of ready steps to their queues: longest remaining path first, then run priority, within capacity.
+
+A step whose inputs are all done is *ready*. It is not handed to Celery at once: it waits in its queue's
+ready set (`farm:sched:ready:<queue>`, a sorted set scored by rank) and is *admitted*, best rank first,
+while the queue's lane has room, that is while fewer of its steps are admitted than the lane's limit:
+the provider's cap (fal's in-flight limit, the pods the caps allow) or the live workers' slots, whichever
+is smaller. An admitted step holds a slot (`farm:sched:slots:<queue>`) until it ends, so the Celery queue
+stays short and the order chosen here is the order steps start in.
+
+Why not Celery priorities: the Redis transport has a handful of levels and a message, once queued, keeps
+its place; a critical-path order needs a real number per step and room to put a late step ahead.
+
+Workers announce themselves (`farm:sched:pool:<queue>`): their slots, the provider cap they enforce and the
+ordering policy, refreshed every few seconds, so every dispatcher (CLI, workers) orders alike. A worker that
+stops refreshing drops out. With no live worker a lane admits everything: the messages wait in Celery's
+queue, where the autoscaler and KEDA see them and start workers.
+
+A slot whose step is no longer queued or running (done, failed, cancelled, superseded, or its worker died
+and a later attempt finished it) is taken back at the next admission, so a crash never leaks capacity.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import redis
+
+from farm.routing import QUEUES
+
+Order = Literal["critical_path", "fifo"]
+DEFAULT_PRIORITY = 5
+PRIORITIES = range(1, 10)
+"""Run priorities: 9 goes first, 1 last; 5 unless `farm submit --priority` says otherwise."""
+ANNOUNCE_EVERY_S = 5.0
+ANNOUNCE_TTL_S = 15.0
+SEPARATOR = "\t"
+
+_ADMIT = """
+local ready, slots, limit, now = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2]
+local function state_of(member)
+  local cut = string.find(member, '\\t', 1, true)
+  local run, step = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+  return redis.call('HGET', 'farm:run:' .. run .. ':state', step), run, step
+end
+for _, m in ipairs(redis.call('ZRANGE', slots, 0, -1)) do
+  local s = state_of(m)
+  if s ~= 'queued' and s ~= 'running' then redis.call('ZREM', slots, m) end
+end
+local used = redis.call('ZCARD', slots)
+local admitted = {}
+while limit < 0 or used < limit do
+  local top = redis.call('ZPOPMAX', ready)
+  if #top == 0 then break end
+  local s, run, step = state_of(top[1])
+  if s == 'queued' then
+    redis.call('ZADD', slots, now, top[1])
+    redis.call('SADD', 'farm:run:' .. run .. ':outbox', step)
+    used = used + 1
+    table.insert(admitted, top[1])
+  end
+end
+return admitted
+"""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How ready steps are ranked. Higher rank is admitted first."""
+
+    order: Order = "critical_path"
+    priority_head_start_s: float = 300.0
+    """Each priority level above 5 is worth this many seconds of remaining path (below 5: a handicap)."""
+    aging: float = 0.25
+    """Seconds of rank a ready step gains per second it waits, so no run starves behind a busier or more
+    urgent one: a lower step overtakes within (rank gap / aging) seconds."""
+
+    def score(self, remaining_s: float, priority: int, ready_at: float) -> float:
+        if self.order == "fifo":
+            return -ready_at
+        # rank(t) = remaining + head start + aging * (t - ready_at); the term in t is common to every entry.
+        head_start = (priority - DEFAULT_PRIORITY) * self.priority_head_start_s
+        return remaining_s + head_start - self.aging * ready_at
+
+
+@dataclass(frozen=True)
+class Ready:
+    run_id: str
+    step_id: str
+    queue: str
+    remaining_s: float
+    """The longest chain of typical latencies from the start of this step to the end of its episode."""
+    priority: int = DEFAULT_PRIORITY
+
+
+@dataclass(frozen=True)
+class Admitted:
+    run_id: str
+    step_id: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What one worker tells the dispatchers about the lane it drains."""
+
+    slots: int
+    cap: int | None = None
+    """The provider's limit this worker enforces (fal in flight, pod jobs); None when there is none."""
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True)
+class Lane:
+    queue: str
+    slots: int | None
+    """Live workers' slots; None when no worker has announced itself."""
+    cap: int | None
+    policy: Policy
+
+    @property
+    def limit(self) -> int | None:
+        """How many of the lane's steps may be admitted at once; None: no limit."""
+        known = [n for n in (self.slots, self.cap) if n is not None]
+        return min(known) if known else None
+
+
+@dataclass(frozen=True)
+class LaneView:
+    lane: Lane
+    admitted: int
+    ready: list[tuple[str, str, float]]
+    """(run id, step id, score) best first."""
+    ready_count: int
+
+
+def member(run_id: str, step_id: str) -> str:
+    return f"{run_id}{SEPARATOR}{step_id}"
+
+
+def _split(raw: bytes | str) -> tuple[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    run_id, _, step_id = text.partition(SEPARATOR)
+    return run_id, step_id
+
+
+class Scheduler:
+    """Ready sets, slots and worker announcements in Redis; every method is safe from any process."""
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str] = QUEUES) -> None:
+        self.r = client
+        self.queues = tuple(queues)
+        self._admit = client.register_script(_ADMIT)
+
+    @staticmethod
+    def ready_key(queue: str) -> str:
+        return f"farm:sched:ready:{queue}"
+
+    @staticmethod
+    def slots_key(queue: str) -> str:
+        return f"farm:sched:slots:{queue}"
+
+    @staticmethod
+    def pool_key(queue: str) -> str:
+        return f"farm:sched:pool:{queue}"
+
+    # workers ------------------------------------------------------------------------------------
+    def announce(self, queue: str, worker: str, note: Announcement, now: float | None = None) -> None:
+        moment = time.time() if now is None else now
+        doc = {**asdict(note), "expires": moment + ANNOUNCE_TTL_S}
+        self.r.hset(self.pool_key(queue), worker, json.dumps(doc))
+
+    def withdraw(self, queue: str, worker: str) -> None:
+        self.r.hdel(self.pool_key(queue), worker)
+
+    def lanes(self, queues: Iterable[str], now: float | None = None) -> dict[str, Lane]:
+        """Each queue's limit and policy from its live workers (expired announcements are dropped)."""
+        names = list(dict.fromkeys(queues))
+        moment = time.time() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        for queue in names:
+            pipe.hgetall(self.pool_key(queue))
+        lanes = {}
+        for queue, raw in zip(names, pipe.execute(), strict=True):
+            live: list[dict[str, Any]] = []
+            for worker, blob in raw.items():
+                doc = json.loads(blob)
+                if doc["expires"] > moment:
+                    live.append(doc)
+                else:
+                    self.r.hdel(self.pool_key(queue), worker)
+            lanes[queue] = _lane(queue, live)
+        return lanes
+
+    # steps --------------------------------------------------------------------------------------
+    def offer(self, entries: Sequence[Ready], now: float | None = None) -> None:
+        """Put ready steps in their queues' ready sets (a step already there keeps its rank)."""
+        if not entries:
+            return
+        moment = time.time() if now is None else now
+        lanes = self.lanes({e.queue for e in entries}, moment)
+        by_queue: dict[str, dict[str, float]] = {}
+        for e in entries:
+            score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
+            by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
+        pipe = self.r.pipeline(transaction=False)
+        for queue, scores in by_queue.items():
+            pipe.zadd(self.ready_key(queue), scores, nx=True)
+        pipe.execute()
+
+    def admit(self, queues: Iterable[str], now: float | None = None) -> list[Admitted]:
+        """Admit the best-ranked ready steps while each lane has room; they are in their run's outbox
+        until sent (so a crash right here loses nothing: `farm.dispatch.resend_unsent`)."""
+        moment = time.time() if now is None else now
+        admitted: list[Admitted] = []
+        for queue, lane in self.lanes(queues, moment).items():
+            limit = -1 if lane.limit is None else lane.limit
+            keys = [self.ready_key(queue), self.slots_key(queue)]
+            for raw in self._admit(keys=keys, args=[limit, moment]):
+                run_id, step_id = _split(raw)
+                admitted.append(Admitted(run_id, step_id, queue))
+        return admitted
+
+    def finish(self, run_id: str, step_id: str) -> list[str]:
+        """The step ended (or moves elsewhere): give back its slot. Returns the queues that got room."""
+        pipe = self.r.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zrem(self.slots_key(queue), member(run_id, step_id))
+        return [q for q, n in zip(self.queues, pipe.execute(), strict=True) if n]
+
+    def drop(self, run_id: str, step_ids: Iterable[str]) -> None:
+        """Forget steps that will never run (a cancel): they leave the ready sets and free their slots."""
+        members = [member(run_id, s) for s in step_ids]
+        if not members:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zrem(self.ready_key(queue), *members)
+            pipe.zrem(self.slots_key(queue), *members)
+        pipe.execute()
+
+    def holds_slot(self, run_id: str, step_id: str) -> bool:
+        pipe = self.r.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zscore(self.slots_key(queue), member(run_id, step_id))
+        return any(score is not None for score in pipe.execute())
+
+    # views --------------------------------------------------------------------------------------
+    def view(self, queue: str, top: int = 5) -> LaneView:
+        lane = self.lanes([queue])[queue]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.slots_key(queue))
+        pipe.zcard(self.ready_key(queue))
+        pipe.zrevrange(self.ready_key(queue), 0, top - 1, withscores=True)
+        admitted, count, best = pipe.execute()
+        entries = [(*_split(raw), float(score)) for raw, score in best]
+        return LaneView(lane, int(admitted), entries, int(count))
+
+    def ready_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        names = list(queues)
+        pipe = self.r.pipeline(transaction=False)
+        for queue in names:
+            pipe.zcard(self.ready_key(queue))
+        return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
+
+
+def _lane(queue: str, live: list[dict[str, Any]]) -> Lane:
+    if not live:
+        return Lane(queue, None, None, Policy())
+    caps = [int(d["cap"]) for d in live if d.get("cap") is not None]
+    newest = max(live, key=lambda d: float(d["expires"]))
+    return Lane(
+        queue,
+        slots=sum(int(d["slots"]) for d in live),
+        cap=min(caps) if caps else None,
+        policy=Policy(**newest["policy"]),
+    )

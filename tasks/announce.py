@@ -1,0 +1,57 @@
+"""A worker's announcement of its slots to the scheduler, refreshed from a thread until it shuts down.
+
+The worker process (the parent, for a prefork pool) announces every queue it drains; a worker that dies
+stops refreshing and its slots drop out of the lane after `ANNOUNCE_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from farm.dispatch import send_admitted
+from farm.lanes import announcement
+from farm.scheduler import ANNOUNCE_EVERY_S
+from tasks.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+_stop = threading.Event()
+_mine: list[tuple[str, str]] = []
+"""(queue, worker name) pairs this process announced."""
+
+
+def worker_lanes(consumer: Any) -> tuple[str, list[str], int]:
+    """The worker's name, the queues it consumes and its concurrency, from Celery's consumer."""
+    queues = sorted(consumer.app.amqp.queues.consume_from)
+    return str(consumer.hostname), queues, int(consumer.controller.concurrency)
+
+
+def start_announcing(ctx: WorkerContext, consumer: Any) -> None:
+    name, queues, slots = worker_lanes(consumer)
+    _mine[:] = [(q, name) for q in queues]
+    announce_once(ctx, slots)
+    # New slots: the lanes may admit steps that were waiting for room.
+    send_admitted(ctx.runs, ctx.sender, ctx.scheduler.admit(queues))
+    thread = threading.Thread(target=_refresh, args=(ctx, slots), name="farm-announce", daemon=True)
+    thread.start()
+
+
+def announce_once(ctx: WorkerContext, slots: int) -> None:
+    for queue, name in _mine:
+        ctx.scheduler.announce(queue, name, announcement(queue, slots, ctx.settings))
+
+
+def _refresh(ctx: WorkerContext, slots: int) -> None:
+    while not _stop.wait(ANNOUNCE_EVERY_S):
+        try:
+            announce_once(ctx, slots)
+        except Exception:  # Redis away for a moment: the next beat tries again
+            log.warning("could not refresh this worker's announcement", exc_info=True)
+
+
+def stop_announcing(ctx: WorkerContext) -> None:
+    _stop.set()
+    for queue, name in _mine:
+        ctx.scheduler.withdraw(queue, name)
