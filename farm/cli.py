@@ -48,11 +48,14 @@ from farm.cli_ops import checked_queues, local_autoscaler, show_decisions_in_con
 from farm.cli_ops import register as register_ops  # noqa: E402
 from farm.cli_pods import PodReaper, pods_app  # noqa: E402
 from farm.cli_review import register as register_review  # noqa: E402
+from farm.cli_schedule import DEFAULT_PRIORITY, PriorityOpt  # noqa: E402
+from farm.cli_schedule import register as register_schedule  # noqa: E402
 
 app.add_typer(pods_app, name="pods")
 register_review(app)
 register_dailies(app)
 register_ops(app)
+register_schedule(app)
 
 StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
 RegistryOpt = Annotated[
@@ -141,6 +144,7 @@ def _submit(
     *,
     review: bool = False,
     previz: bool = False,
+    priority: int = DEFAULT_PRIORITY,
 ) -> tuple[RunStore, str]:
     episode, the_plan = _load(storyboard, registry)
     if previz:
@@ -156,6 +160,7 @@ def _submit(
         storyboard=str(storyboard.resolve()),
         gated=gated_steps(the_plan) if review else (),
         source=run_source(episode),
+        priority=priority,
     )
     return runs, run_id
 
@@ -178,9 +183,10 @@ def submit(
             "--review", help="Render keyframes and upscales, then hold each shot's video until approved."
         ),
     ] = False,
+    priority: PriorityOpt = DEFAULT_PRIORITY,
 ) -> None:
     """Validate, plan and enqueue an episode on a running farm; print the run id."""
-    runs, run_id = _submit(load_settings(), storyboard, registry, out, review=review)
+    runs, run_id = _submit(load_settings(), storyboard, registry, out, review=review, priority=priority)
     print(run_id)
     if watch_run and _watch_to_end(runs, run_id).status not in ("succeeded", "review"):
         raise typer.Exit(FAILED)
@@ -217,7 +223,7 @@ def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")
     """The most recent runs with their status."""
     runs, _ = connect(load_settings())
     table = Table(box=None)
-    for column in ("run", "status", "episode", "steps", "elapsed"):
+    for column in ("run", "status", "episode", "priority", "steps", "elapsed"):
         table.add_column(column)
     for run_id in runs.runs(limit):
         progress = snapshot(runs, run_id)
@@ -225,6 +231,7 @@ def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")
             run_id,
             progress.status,
             escape(progress.title),
+            str(dispatch.run_priority(runs.meta(run_id))),
             f"{progress.done}/{progress.total}",
             duration(progress.elapsed_s),
         )

@@ -112,6 +112,20 @@ def step_ended(
     release(runs, sender, run_id, steps, backend, scheduler=scheduler, freed=freed)
 
 
+def reprioritise(runs: RunStore, run_id: str, priority: int, scheduler: Scheduler | None = None) -> int:
+    """Set a run's priority; its steps already waiting are ranked again. Returns how many were."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be 1 to 9 (9 goes first), not {priority}")
+    sched = scheduler or Scheduler(runs.r)
+    runs.r.hset(runs.key(run_id), "priority", str(priority))
+    waiting = sched.waiting_of(run_id)
+    ids = [s for steps in waiting.values() for s in steps]
+    remaining, info = runs.remaining(run_id, ids), runs.info(run_id)
+    entries = [Ready(run_id, s, q, remaining[s], priority) for q, steps in waiting.items() for s in steps]
+    sched.rerank(run_id, entries, {s: float(info.get(s, {}).get("queued_at", time.time())) for s in ids})
+    return len(entries)
+
+
 def run_priority(meta: Mapping[str, str]) -> int:
     return int(meta.get("priority") or DEFAULT_PRIORITY)
 

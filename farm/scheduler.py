@@ -242,6 +242,27 @@ class Scheduler:
             pipe.zrem(self.slots_key(queue), *members)
         pipe.execute()
 
+    def waiting_of(self, run_id: str) -> dict[str, list[str]]:
+        """Per queue, the run's steps waiting in its ready set."""
+        found: dict[str, list[str]] = {}
+        for queue in self.queues:
+            pattern = member(run_id, "*")
+            steps = [_split(raw)[1] for raw, _ in self.r.zscan_iter(self.ready_key(queue), match=pattern)]
+            if steps:
+                found[queue] = steps
+        return found
+
+    def rerank(self, run_id: str, entries: Sequence[Ready], ready_at: dict[str, float]) -> None:
+        """Score waiting steps again (a new priority), as if offered when they first became ready."""
+        lanes = self.lanes({e.queue for e in entries})
+        pipe = self.r.pipeline(transaction=False)
+        for e in entries:
+            score = lanes[e.queue].policy.score(
+                e.remaining_s, e.priority, ready_at.get(e.step_id, time.time())
+            )
+            pipe.zadd(self.ready_key(e.queue), {member(run_id, e.step_id): score}, xx=True)
+        pipe.execute()
+
     def holds_slot(self, run_id: str, step_id: str) -> bool:
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:

@@ -81,7 +81,7 @@ def lower_bound(plan: Plan, cap: int) -> float:
     start and the shortest way from any of them to the end (the sample's five long videos on four slots)."""
     _, path_s = critical_path(plan)
     bound = max(path_s, sum(s.latency_s for s in plan.steps) / cap)
-    remaining, head = remaining_path_s(plan), {}
+    remaining, head = remaining_path_s(plan), dict[str, float]()
     for step in plan.steps:
         head[step.id] = max((head[i] + plan.step(i).latency_s for i in step.inputs), default=0.0)
     for p in {s.latency_s for s in plan.steps}:
