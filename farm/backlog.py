@@ -5,6 +5,8 @@ A queue's length alone hides load: Celery's Redis transport keeps each priority 
 the list for the transport's `unacked` hash until it is acknowledged, which with late acks is after the
 step. Both count here. A step waiting out a countdown (a retry's backoff, a full pool's 30 s) also sits in
 `unacked` with an `eta` header: it is counted apart, since more workers would not make it start sooner.
+Steps the scheduler holds back because every worker slot is taken (`farm.scheduler`'s ready sets) are
+load too; those held back by a provider's cap are not, since more workers could not start them either.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 import redis
+
+from farm.scheduler import Scheduler
 
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -33,11 +37,13 @@ class Backlog:
     """Taken by a worker and not yet acknowledged: running, or prefetched and about to run."""
     delayed: int = 0
     """Taken by a worker but held until a countdown ends (not load: nothing can run them sooner)."""
+    ready: int = 0
+    """Ready steps the scheduler holds for want of a worker slot, as many as the provider cap would let run."""
 
     @property
     def load(self) -> int:
         """Steps that want a worker now."""
-        return self.waiting + self.reserved
+        return self.waiting + self.reserved + self.ready
 
 
 def priority_lists(queue: str) -> list[str]:
@@ -65,7 +71,22 @@ def read_backlogs(client: redis.Redis, queues: Iterable[str], now: float | None 
             delayed[queue] += 1
         else:
             reserved[queue] += 1
-    return {q: Backlog(q, waiting[q], reserved[q], delayed[q]) for q in names}
+    ready = startable_ready(client, names)
+    return {q: Backlog(q, waiting[q], reserved[q], delayed[q], ready[q]) for q in names}
+
+
+def startable_ready(client: redis.Redis, queues: list[str]) -> dict[str, int]:
+    """Per queue, the ready steps that more worker slots would start: all of them, or only what the
+    provider's cap leaves room for beside the steps already admitted."""
+    scheduler = Scheduler(client)
+    lanes, counts = scheduler.lanes(queues), scheduler.ready_counts(queues)
+    admitted = scheduler.admitted_counts(queues)
+    startable = {}
+    for queue in queues:
+        cap = lanes[queue].cap
+        room = counts[queue] if cap is None else max(0, cap - admitted[queue])
+        startable[queue] = min(counts[queue], room)
+    return startable
 
 
 def _routing(raw: bytes | str) -> tuple[str, float | None]:

@@ -82,6 +82,7 @@ class FarmCollector(Collector):
             ("waiting", "Messages waiting in the queue's lists, every priority"),
             ("reserved", "Messages taken by a worker and not yet acknowledged (running or prefetched)"),
             ("delayed", "Messages a worker holds until their countdown ends"),
+            ("ready", "Ready steps the scheduler holds for want of a worker slot (within the provider cap)"),
         )
         for part, text in parts:
             family = GaugeMetricFamily(f"farm_queue_{part}", text, labels=["queue"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -281,10 +281,16 @@ class Scheduler:
         return LaneView(lane, int(admitted), entries, int(count))
 
     def ready_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        return self._counts(queues, self.ready_key)
+
+    def admitted_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        return self._counts(queues, self.slots_key)
+
+    def _counts(self, queues: Iterable[str], key: Callable[[str], str]) -> dict[str, int]:
         names = list(queues)
         pipe = self.r.pipeline(transaction=False)
         for queue in names:
-            pipe.zcard(self.ready_key(queue))
+            pipe.zcard(key(queue))
         return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
 
 

@@ -77,6 +77,7 @@ def test_each_queue_has_a_worker_deployment_scaled_by_keda_on_waiting_plus_reser
         assert trigger["type"] == "prometheus" and int(trigger["metadata"]["threshold"]) >= 1
         assert f'farm_queue_waiting{{queue="{queue}"}}' in query, "the list alone"
         assert f'farm_queue_reserved{{queue="{queue}"}}' in query, "plus what workers took (prefetch)"
+        assert f'farm_queue_ready{{queue="{queue}"}}' in query, "plus what the scheduler holds for a slot"
         assert "delayed" not in query
         grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= 900, "a scale-down lets the running step finish"

@@ -9,6 +9,8 @@ import time
 import redis
 
 from farm.backlog import UNACKED_KEY, priority_lists, read_backlogs
+from farm.scheduler import Announcement, Ready, Scheduler
+from farm.state import RunStore
 from tasks.app import make_app
 
 
@@ -40,3 +42,23 @@ def test_backlog_counts_every_priority_and_taken_messages_and_sets_countdowns_ap
     assert gpu.load == 0
     later = read_backlogs(client, ["bk-post"], now=time.time() + 3600)["bk-post"]
     assert (later.reserved, later.delayed) == (1, 0), "once its countdown is over it wants a worker"
+
+
+def test_ready_steps_held_for_a_slot_are_load_but_those_held_by_a_provider_cap_are_not(
+    client: redis.Redis,
+) -> None:
+    sched = Scheduler(client)
+    states = {f"s{i}": "queued" for i in range(12)}
+    client.hset(RunStore.key("r", "state"), mapping=states)
+    sched.announce("post", "p", Announcement(slots=2))
+    sched.announce("cloud", "c", Announcement(slots=128, cap=4))
+    sched.offer([Ready("r", f"s{i}", "post", 1.0) for i in range(6)])
+    sched.offer([Ready("r", f"s{i}", "cloud", 1.0) for i in range(6, 12)])
+    assert len(sched.admit(["post", "cloud"])) == 2 + 4
+    readings = read_backlogs(client, ["post", "cloud"])
+    assert readings["post"].ready == 4, "two slots busy, four steps wait for more workers"
+    assert readings["cloud"].ready == 0, "the two left wait for fal's cap, not for a worker"
+    admitted_cloud = client.zrange(Scheduler.slots_key("cloud"), 0, 0)[0].decode().split("\t")[1]
+    client.hset(RunStore.key("r", "state"), admitted_cloud, "done")
+    sched.finish("r", admitted_cloud)
+    assert read_backlogs(client, ["cloud"])["cloud"].ready == 1, "one cap slot came free"
