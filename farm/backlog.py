@@ -38,7 +38,7 @@ class Backlog:
     delayed: int = 0
     """Taken by a worker but held until a countdown ends (not load: nothing can run them sooner)."""
     ready: int = 0
-    """Ready steps the scheduler holds for want of a worker slot, as many as the provider cap would let run."""
+    """Ready steps the scheduler holds for want of a worker slot (as many as the provider cap lets run)."""
 
     @property
     def load(self) -> int:
