@@ -22,6 +22,7 @@ from farm import dispatch
 from farm.artifacts import namespace_for
 from farm.cli_runtime import FAILED, INPUT_ERROR, RunArg, connect, console, require_run, safe_url
 from farm.estimate import estimate as estimate_plan
+from farm.lanes import time_at_limits
 from farm.metrics import serve_metrics
 from farm.plan import Plan, Step, build_plan, build_previz_plan
 from farm.plan_json import money, plan_document
@@ -110,6 +111,7 @@ def estimate(storyboard: StoryboardArg, registry: RegistryOpt = None, as_json: J
     """Cost per shot and in total, paid calls per endpoint, critical-path and sequential time."""
     _, the_plan = _load(storyboard, registry)
     est = estimate_plan(the_plan)
+    timing = time_at_limits(the_plan, load_settings())
     if as_json:
         doc = plan_document(the_plan, est)
         keys = (
@@ -123,9 +125,13 @@ def estimate(storyboard: StoryboardArg, registry: RegistryOpt = None, as_json: J
             "critical_path_s",
             "sequential_s",
         )
-        print(json.dumps({k: doc[k] for k in keys}, indent=2))
+        extra = {"at_limits_s": round(timing.seconds, 3), "limits": timing.limits, "backend": timing.backend}
+        print(json.dumps({**{k: doc[k] for k in keys}, **extra}, indent=2))
         return
     estimate_view(console, the_plan, est)
+    shown = ", ".join(f"{q} {n}" for q, n in timing.limits.items())
+    about = duration(timing.seconds)
+    console.print(f"On the {timing.backend} backend at this farm's limits ({shown} at once): about {about}")
     console.print(f"[bold]Total: {money(est.cost_usd):.4f} USD[/]")
 
 

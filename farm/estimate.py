@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from farm.plan import Plan, StepKind
+from farm.plan import Plan, Step, StepKind
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,53 @@ def remaining_path_s(plan: Plan) -> dict[str, float]:
         after = max((remaining[d] for d in dependents[step.id]), default=0.0)
         remaining[step.id] = step.latency_s + after
     return remaining
+
+
+def makespan_at_limits(plan: Plan, lane_of: Callable[[Step], str], limits: Mapping[str, int | None]) -> float:
+    """How long the plan takes at typical latencies when each lane runs at most its limit at once (None: no
+    limit), ready steps started longest-remaining-path first, as the farm's scheduler does."""
+    return _ListSchedule(plan, lane_of, limits).run()
+
+
+class _ListSchedule:
+    """A simulated clock over the plan: steps start by rank while their lane has room, end after latency."""
+
+    def __init__(self, plan: Plan, lane_of: Callable[[Step], str], limits: Mapping[str, int | None]) -> None:
+        self.plan, self.lane_of, self.limits = plan, lane_of, limits
+        self.remaining = remaining_path_s(plan)
+        self.waiting = {s.id: len(s.inputs) for s in plan.steps}
+        self.dependents: dict[str, list[Step]] = defaultdict(list)
+        for step in plan.steps:
+            for producer in step.inputs:
+                self.dependents[producer].append(step)
+        self.ready: dict[str, list[tuple[float, int, Step]]] = defaultdict(list)
+        self.running: list[tuple[float, int, Step]] = []
+        self.busy: Counter[str] = Counter()
+        self.tie = itertools.count()
+
+    def offer(self, step: Step) -> None:
+        heapq.heappush(self.ready[self.lane_of(step)], (-self.remaining[step.id], next(self.tie), step))
+
+    def start_ready(self, now: float) -> None:
+        for lane, queue in self.ready.items():
+            limit = self.limits.get(lane)
+            while queue and (limit is None or self.busy[lane] < limit):
+                _, _, step = heapq.heappop(queue)
+                self.busy[lane] += 1
+                heapq.heappush(self.running, (now + step.latency_s, next(self.tie), step))
+
+    def run(self) -> float:
+        for step in self.plan.steps:
+            if not step.inputs:
+                self.offer(step)
+        now = 0.0
+        while True:
+            self.start_ready(now)
+            if not self.running:
+                return now
+            now, _, done = heapq.heappop(self.running)
+            self.busy[self.lane_of(done)] -= 1
+            for consumer in self.dependents[done.id]:
+                self.waiting[consumer.id] -= 1
+                if self.waiting[consumer.id] == 0:
+                    self.offer(consumer)

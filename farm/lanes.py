@@ -6,7 +6,12 @@ the cloud queue, the jobs the affordable pods can run for the gpu queue; post wo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from farm.autoscale import affordable_pods
+from farm.estimate import makespan_at_limits
+from farm.plan import Plan, Step
+from farm.routing import backend_for, queue_for
 from farm.scheduler import Announcement, Policy
 from farm.settings import Settings
 
@@ -22,6 +27,21 @@ def provider_cap(queue: str, settings: Settings) -> int | None:
     return None
 
 
+def configured_limits(settings: Settings) -> dict[str, int | None]:
+    """Per queue, what one worker of the configured size can run under the provider caps: the limits
+    `farm estimate` plans with before any worker is up."""
+    slots = {
+        "post": settings.post_concurrency,
+        "cloud": settings.cloud_concurrency,
+        "gpu": settings.gpu_concurrency,
+    }
+    limits: dict[str, int | None] = {}
+    for queue, n in slots.items():
+        cap = provider_cap(queue, settings)
+        limits[queue] = n if cap is None else min(n, cap)
+    return limits
+
+
 def policy(settings: Settings) -> Policy:
     return Policy(
         order=settings.schedule_order,
@@ -32,3 +52,23 @@ def policy(settings: Settings) -> Policy:
 
 def announcement(queue: str, slots: int, settings: Settings) -> Announcement:
     return Announcement(slots=slots, cap=provider_cap(queue, settings), policy=policy(settings))
+
+
+@dataclass(frozen=True)
+class TimeAtLimits:
+    backend: str
+    limits: dict[str, int | None]
+    """The limits of the queues the plan uses."""
+    seconds: float
+
+
+def time_at_limits(plan: Plan, settings: Settings) -> TimeAtLimits:
+    """How long the plan takes at typical latencies on the configured backend, pools and provider caps."""
+    backend = settings.backend()
+
+    def lane_of(step: Step) -> str:
+        return queue_for(step.kind, backend_for(step.kind, backend))
+
+    limits = configured_limits(settings)
+    used = {q: limits[q] for q in dict.fromkeys(lane_of(s) for s in plan.steps)}
+    return TimeAtLimits(backend, used, makespan_at_limits(plan, lane_of, limits))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from farm.cli import app
 from farm.engines import CARDS
-from farm.estimate import estimate
+from farm.estimate import estimate, makespan_at_limits
 from farm.plan import Plan, StepKind, build_plan
 from farm.plan_json import plan_document
 from farm.validate import load_episode
@@ -256,3 +256,29 @@ def test_plan_shot_7_shows_compiled_prompt(sample_path: Path) -> None:
 def test_plan_unknown_shot_is_an_input_error(sample_path: Path) -> None:
     result = runner.invoke(app, ["plan", str(sample_path), "--shot", "99"])
     assert result.exit_code == 2
+
+
+def test_time_at_limits_spans_critical_path_to_sequential(sample_plan: Plan) -> None:
+    est = estimate(sample_plan)
+    one_lane = lambda _step: "lane"  # noqa: E731
+    assert makespan_at_limits(sample_plan, one_lane, {"lane": None}) == pytest.approx(est.critical_path_s)
+    assert makespan_at_limits(sample_plan, one_lane, {"lane": 1}) == pytest.approx(est.sequential_s)
+    times = [makespan_at_limits(sample_plan, one_lane, {"lane": n}) for n in (1, 2, 4, 8, 16)]
+    assert times == sorted(times, reverse=True), "more room never makes the episode slower here"
+    work_bound = est.sequential_s / 4
+    assert max(est.critical_path_s, work_bound) <= times[2]
+
+
+def test_estimate_reports_the_time_at_the_configured_limits(
+    sample_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARM_ENGINE", "fal")
+    monkeypatch.setenv("FAL_KEY", "estimate-key")
+    monkeypatch.setenv("FARM_FAL_MAX_IN_FLIGHT", "3")
+    monkeypatch.setenv("FARM_POST_CONCURRENCY", "2")
+    result = CliRunner().invoke(app, ["estimate", str(sample_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["limits"] == {"cloud": 3, "post": 2} and doc["backend"] == "fal"
+    assert doc["critical_path_s"] < doc["at_limits_s"] < doc["sequential_s"]
+    assert "estimate-key" not in result.output

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from farm import dispatch
-from farm.estimate import critical_path, remaining_path_s
+from farm.estimate import critical_path, makespan_at_limits, remaining_path_s
 from farm.plan import Plan, Step, build_plan
 from farm.scheduler import Announcement, Policy, Ready, Scheduler
 from farm.state import RunStore
@@ -103,6 +103,8 @@ def test_critical_path_first_is_near_the_bound_and_beats_fifo(
     fifo = simulate(client, {"fifo": (plan, 5)}, cap, Policy(order="fifo"))["fifo"]
     assert bound <= ranked <= 1.15 * bound, (ranked, bound)
     assert ranked < fifo, (ranked, fifo)
+    predicted = makespan_at_limits(plan, lambda _: "post", {"post": cap})
+    assert ranked == pytest.approx(predicted, rel=0.05), "`farm estimate` predicts what the scheduler does"
 
 
 def test_with_room_for_everything_the_episode_takes_its_critical_path(
