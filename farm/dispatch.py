@@ -15,7 +15,7 @@ from typing import Protocol
 from farm.plan import Plan, Step
 from farm.routing import backend_for, queue_for
 from farm.scheduler import DEFAULT_PRIORITY, PRIORITIES, Admitted, Ready, Scheduler
-from farm.state import RunStore, new_run_id
+from farm.state import ReleaseReads, RunStore, new_run_id
 
 
 class Sender(Protocol):
@@ -76,40 +76,59 @@ def release(
     backend: str,
     *,
     scheduler: Scheduler | None = None,
-    freed: Collection[str] = (),
 ) -> list[Admitted]:
     """Offer steps that the state store has just marked queued, then send whatever the scheduler admits
-    (from any run) on their lanes and on `freed` ones (lanes where a step just gave back its slot)."""
+    on their lanes (steps of any run)."""
     sched = scheduler or Scheduler(runs.r)
-    now = time.time()
-    overrides = runs.backend_overrides(run_id) if steps else {}
-    remaining = runs.remaining(run_id, [s.id for s in steps])
-    priority = run_priority(runs.meta(run_id)) if steps else DEFAULT_PRIORITY
-    entries = []
-    for step in steps:
-        queue = queue_for(step.kind, overrides.get(step.id) or backend_for(step.kind, backend))
-        runs.set_info(run_id, step.id, queue=queue, queued_at=now)
-        entries.append(Ready(run_id, step.id, queue, remaining[step.id], priority))
-    sched.offer(entries, now)
-    admitted = sched.admit({*freed, *(e.queue for e in entries)}, now)
-    send_admitted(runs, sender, admitted)
-    return admitted
-
-
-def send_admitted(runs: RunStore, sender: Sender, admitted: list[Admitted]) -> None:
-    for entry in admitted:
-        sender.send(entry.run_id, runs.step(entry.run_id, entry.step_id), entry.queue)
-        runs.sent(entry.run_id, entry.step_id)
+    found = runs.release_reads(run_id, [s.id for s in steps], with_steps=False)
+    return _offer_and_send(runs, sender, sched, run_id, steps, backend, found)
 
 
 def step_ended(
     runs: RunStore, sender: Sender, run_id: str, step_id: str, released: list[str], *, scheduler: Scheduler
+) -> list[Admitted]:
+    """A step finished (or failed, was skipped, or moves to another lane): free its slot, offer what it
+    unblocked, send what is admitted. A handful of Redis round trips: it sits on every dependency hop."""
+    found = runs.release_reads(run_id, released)
+    steps = [found.steps[s] for s in released]
+    backend = found.meta.get("backend", "")
+    return _offer_and_send(runs, sender, scheduler, run_id, steps, backend, found, ended=step_id)
+
+
+def _offer_and_send(
+    runs: RunStore,
+    sender: Sender,
+    scheduler: Scheduler,
+    run_id: str,
+    steps: list[Step],
+    backend: str,
+    found: ReleaseReads,
+    ended: str | None = None,
+) -> list[Admitted]:
+    now = time.time()
+    priority = run_priority(found.meta)
+    entries = []
+    for step in steps:
+        queue = queue_for(step.kind, found.overrides.get(step.id) or backend_for(step.kind, backend))
+        entries.append(Ready(run_id, step.id, queue, found.remaining.get(step.id, 0.0), priority))
+    runs.set_infos(run_id, {e.step_id: {"queue": e.queue, "queued_at": now} for e in entries})
+    finished = (run_id, ended) if ended else None
+    admitted = scheduler.settle(entries, finished=finished, now=now)
+    send_admitted(runs, sender, admitted, {(run_id, s.id): s for s in steps})
+    return admitted
+
+
+def send_admitted(
+    runs: RunStore,
+    sender: Sender,
+    admitted: list[Admitted],
+    known: Mapping[tuple[str, str], Step] | None = None,
 ) -> None:
-    """A step finished (or failed, or was skipped): free its slot, offer what it unblocked, admit more."""
-    freed = scheduler.finish(run_id, step_id)
-    steps = [runs.step(run_id, s) for s in released]
-    backend = runs.meta(run_id)["backend"] if steps else ""
-    release(runs, sender, run_id, steps, backend, scheduler=scheduler, freed=freed)
+    """Send admitted steps (reading the ones not in `known`), then take them out of their outboxes."""
+    for entry in admitted:
+        step = (known or {}).get((entry.run_id, entry.step_id)) or runs.step(entry.run_id, entry.step_id)
+        sender.send(entry.run_id, step, entry.queue)
+    runs.sent_many([(a.run_id, a.step_id) for a in admitted])
 
 
 def reprioritise(runs: RunStore, run_id: str, priority: int, scheduler: Scheduler | None = None) -> int:

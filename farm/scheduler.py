@@ -40,17 +40,22 @@ ANNOUNCE_TTL_S = 15.0
 SEPARATOR = "\t"
 
 _ADMIT = """
-local ready, slots, limit, now = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2]
+local ready, slots, limit, now, ended = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local function state_of(member)
   local cut = string.find(member, '\\t', 1, true)
   local run, step = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
   return redis.call('HGET', 'farm:run:' .. run .. ':state', step), run, step
 end
-for _, m in ipairs(redis.call('ZRANGE', slots, 0, -1)) do
-  local s = state_of(m)
-  if s ~= 'queued' and s ~= 'running' then redis.call('ZREM', slots, m) end
-end
+if ended ~= '' then redis.call('ZREM', slots, ended) end
 local used = redis.call('ZCARD', slots)
+if limit >= 0 and used >= limit then
+  -- Full: take back slots of steps that ended without saying so (their worker died).
+  for _, m in ipairs(redis.call('ZRANGE', slots, 0, -1)) do
+    local s = state_of(m)
+    if s ~= 'queued' and s ~= 'running' then redis.call('ZREM', slots, m) end
+  end
+  used = redis.call('ZCARD', slots)
+end
 local admitted = {}
 while limit < 0 or used < limit do
   local top = redis.call('ZPOPMAX', ready)
@@ -214,15 +219,38 @@ class Scheduler:
     def admit(self, queues: Iterable[str], now: float | None = None) -> list[Admitted]:
         """Admit the best-ranked ready steps while each lane has room; they are in their run's outbox
         until sent (so a crash right here loses nothing: `farm.dispatch.resend_unsent`)."""
+        return self.settle([], queues=queues, now=now)
+
+    def settle(
+        self,
+        entries: Sequence[Ready],
+        *,
+        finished: tuple[str, str] | None = None,
+        queues: Iterable[str] = (),
+        now: float | None = None,
+    ) -> list[Admitted]:
+        """In two round trips: give back the slot of the `finished` step, offer `entries` (a step already
+        waiting keeps its rank) and admit on every lane that may have room now."""
         moment = time.time() if now is None else now
-        admitted: list[Admitted] = []
-        for queue, lane in self.lanes(queues, moment).items():
-            limit = -1 if lane.limit is None else lane.limit
+        touched = set(self.queues) if finished else {*queues, *(e.queue for e in entries)}
+        lanes = self.lanes(touched, moment)
+        pipe = self.r.pipeline(transaction=False)
+        by_queue: dict[str, dict[str, float]] = {}
+        for e in entries:
+            score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
+            by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
+        for queue, scores in by_queue.items():
+            pipe.zadd(self.ready_key(queue), scores, nx=True)
+        ended = member(*finished) if finished else ""
+        order = sorted(touched)
+        for queue in order:
+            limit = lanes[queue].limit
             keys = [self.ready_key(queue), self.slots_key(queue)]
-            for raw in self._admit(keys=keys, args=[limit, moment]):
-                run_id, step_id = _split(raw)
-                admitted.append(Admitted(run_id, step_id, queue))
-        return admitted
+            self._admit(keys=keys, args=[-1 if limit is None else limit, moment, ended], client=pipe)
+        replies = pipe.execute()[len(by_queue) :]
+        return [
+            Admitted(*_split(raw), queue) for queue, got in zip(order, replies, strict=True) for raw in got
+        ]
 
     def finish(self, run_id: str, step_id: str) -> list[str]:
         """The step ended (or moves elsewhere): give back its slot. Returns the queues that got room."""

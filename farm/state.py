@@ -275,6 +275,16 @@ class Completion:
     """The step was already settled (a redelivered task): nothing changed."""
 
 
+@dataclass(frozen=True)
+class ReleaseReads:
+    """What releasing steps needs from a run, read in one round trip."""
+
+    meta: dict[str, str]
+    overrides: dict[str, str]
+    remaining: dict[str, float]
+    steps: dict[str, Step]
+
+
 def new_run_id(plan: Plan) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{plan.project.lower()}-ep{plan.episode:03d}-{stamp}-{secrets.token_hex(2)}"
@@ -452,6 +462,43 @@ class RunStore:
         raw = self.r.hmget(self.key(run_id, "steps"), ids) if ids else []
         return [Step.model_validate_json(blob) for blob in raw if blob is not None]
 
+    def release_reads(self, run_id: str, step_ids: list[str], *, with_steps: bool = True) -> ReleaseReads:
+        """The run's metadata and backend overrides, and the steps' remaining paths (and plans)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.key(run_id))
+        pipe.hgetall(self.key(run_id, "backend"))
+        if step_ids:
+            pipe.hmget(self.key(run_id, "remaining"), step_ids)
+            if with_steps:
+                pipe.hmget(self.key(run_id, "steps"), step_ids)
+        meta, overrides, *rest = pipe.execute()
+        remaining = (
+            {s: float(v) for s, v in zip(step_ids, rest[0], strict=True) if v is not None} if rest else {}
+        )
+        steps = {}
+        if len(rest) > 1:
+            steps = {s: Step.model_validate_json(raw) for s, raw in zip(step_ids, rest[1], strict=True)}
+        return ReleaseReads(_texts(meta), _texts(overrides), remaining, steps)
+
+    def set_infos(self, run_id: str, fields_by_step: Mapping[str, Mapping[str, Any]]) -> None:
+        """`set_info` for several steps in one write."""
+        mapping: dict[Any, Any] = {
+            f"{step_id}:{k}": json.dumps(v)
+            for step_id, fields in fields_by_step.items()
+            for k, v in fields.items()
+        }
+        if mapping:
+            self.r.hset(self.key(run_id, "info"), mapping=mapping)
+
+    def sent_many(self, steps: list[tuple[str, str]]) -> None:
+        """`sent` for several (run id, step id) pairs in one round trip."""
+        if not steps:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for run_id, step_id in steps:
+            pipe.srem(self.key(run_id, "outbox"), step_id)
+        pipe.execute()
+
     def remaining(self, run_id: str, step_ids: list[str]) -> dict[str, float]:
         """Each step's remaining path in seconds (0 for a step the run never ranked)."""
         raw = self.r.hmget(self.key(run_id, "remaining"), step_ids) if step_ids else []
@@ -531,6 +578,10 @@ class RunStore:
 
     def runs(self, limit: int = 50) -> list[str]:
         return [_text(r) for r in self.r.zrevrange(RUNS_KEY, 0, limit - 1)]
+
+
+def _texts(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def _text(value: Any) -> str:

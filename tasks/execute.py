@@ -67,9 +67,9 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
             f"its worker died {started - 1} times while running it (limit {limit}); not retried again",
             "worker_died",
         )
-    step = runs.step(run_id, step_id)
-    meta = runs.meta(run_id)
-    backend = runs.backend_overrides(run_id).get(step_id, meta["backend"])
+    found = runs.release_reads(run_id, [step_id])  # one round trip: this sits on every dependency hop
+    step, meta = found.steps[step_id], found.meta
+    backend = found.overrides.get(step_id, meta["backend"])
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started_at = time.time()
     runs.set_info(run_id, step_id, started_at=started_at, worker=worker, delivery=started)
