@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -26,23 +27,33 @@ class WorkerContext:
     sender: CelerySender
     scheduler: Scheduler
     engines: dict[str, Engine] = field(default_factory=dict)
+    _engines_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def engine(self, name: str) -> Engine:
-        if name not in self.engines:
-            self.engines[name] = make_engine(name, EngineServices(self.settings, self.runs.r))
-        return self.engines[name]
+        """One engine per name and process, however many threads ask at once (a cloud worker's first
+        burst would otherwise build a fal client per thread)."""
+        with self._engines_lock:
+            if name not in self.engines:
+                self.engines[name] = make_engine(name, EngineServices(self.settings, self.runs.r))
+            return self.engines[name]
 
 
 _by_pid: dict[int, WorkerContext] = {}
+_by_pid_lock = threading.Lock()
 
 
 def context() -> WorkerContext:
     """One context per process: Redis connections must not be shared across a fork."""
     pid = os.getpid()
-    if pid not in _by_pid:
-        settings = load_settings()
-        client = redis.Redis.from_url(broker_url(settings))
-        _by_pid[pid] = WorkerContext(
-            settings, RunStore(client), store_from_settings(settings), CelerySender(app), Scheduler(client)
-        )
-    return _by_pid[pid]
+    with _by_pid_lock:
+        if pid not in _by_pid:
+            settings = load_settings()
+            client = redis.Redis.from_url(broker_url(settings))
+            _by_pid[pid] = WorkerContext(
+                settings,
+                RunStore(client),
+                store_from_settings(settings),
+                CelerySender(app),
+                Scheduler(client),
+            )
+        return _by_pid[pid]

@@ -50,6 +50,10 @@ def _register(kind: StepKind) -> Task[Any, Any]:
 
 TASKS = {kind: _register(kind) for kind in StepKind}
 
+# httpx logs every request at INFO: thousands of lines per episode from a cloud worker, its threads queueing
+# on the log handler's lock. Failures still surface as the step's reason.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
 
 @worker_ready.connect
 def _on_ready(sender: Any, **_: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,25 @@ def _file(result: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+_downloads: httpx.Client | None = None
+_downloads_lock = threading.Lock()
+
+
+def _download_client() -> httpx.Client:
+    """One client for every download of this process: building one costs tens of milliseconds of CPU
+    (its TLS context), which a busy cloud worker paid per output."""
+    global _downloads
+    with _downloads_lock:
+        if _downloads is None:
+            _downloads = httpx.Client(timeout=120, follow_redirects=True)
+        return _downloads
+
+
 def _download(url: str, dest: Path) -> None:
     """Stream to a temporary file beside `dest`, then rename: a half download is never an output."""
     tmp = dest.with_name(f".{dest.name}.part")
     try:
-        with httpx.stream("GET", url, timeout=120, follow_redirects=True) as response:
+        with _download_client().stream("GET", url) as response:
             if response.status_code >= 500:
                 raise TransientError(f"downloading the output failed with HTTP {response.status_code}")
             if response.status_code != 200:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import redis
 
@@ -48,17 +49,18 @@ def test_ready_steps_held_for_a_slot_are_load_but_those_held_by_a_provider_cap_a
     client: redis.Redis,
 ) -> None:
     sched = Scheduler(client)
-    states = {f"s{i}": "queued" for i in range(12)}
+    states: dict[Any, Any] = {f"s{i}": "queued" for i in range(12)}
     client.hset(RunStore.key("r", "state"), mapping=states)
     sched.announce("post", "p", Announcement(slots=2))
     sched.announce("cloud", "c", Announcement(slots=128, cap=4))
     sched.offer([Ready("r", f"s{i}", "post", 1.0) for i in range(6)])
     sched.offer([Ready("r", f"s{i}", "cloud", 1.0) for i in range(6, 12)])
-    assert len(sched.admit(["post", "cloud"])) == 2 + 4
+    admitted = sched.admit(["post", "cloud"])
+    assert len(admitted) == 2 + 4
     readings = read_backlogs(client, ["post", "cloud"])
     assert readings["post"].ready == 4, "two slots busy, four steps wait for more workers"
     assert readings["cloud"].ready == 0, "the two left wait for fal's cap, not for a worker"
-    admitted_cloud = client.zrange(Scheduler.slots_key("cloud"), 0, 0)[0].decode().split("\t")[1]
+    admitted_cloud = next(a.step_id for a in admitted if a.queue == "cloud")
     client.hset(RunStore.key("r", "state"), admitted_cloud, "done")
     sched.finish("r", admitted_cloud)
     assert read_backlogs(client, ["cloud"])["cloud"].ready == 1, "one cap slot came free"
