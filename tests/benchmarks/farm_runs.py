@@ -334,7 +334,7 @@ def fal_settings(emulator: FalEmulator, **extra: str | int | float) -> dict[str,
 
 LATENCY_SCALE = 0.05
 """Card latencies x 0.05: a 138 s WAN clip takes 6.9 s, a 39 s segment 2 s, a 4 s Z-Image frame 0.2 s."""
-POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_S = 0.25
 CLOUD_CONCURRENCY = 250
 """Threads in the one cloud worker: more than the episode ever has ready, so the fal cap is the limit."""
 POST_CONCURRENCY = 4

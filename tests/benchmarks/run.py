@@ -67,7 +67,11 @@ and a fresh fal emulator whose latencies are the engine cards' typical ones time
 every {POLL_INTERVAL_S:g} s. The emulator copies stored stand-in images and clips of the requested size
 instead of drawing and encoding them here: real fal renders on its own GPUs, and encoding 35 clips on this
 machine's cores would swamp what is being measured. Every bound is computed from the same run's measured
-step durations (`finished_at - started_at`), so it moves with the machine.
+step durations (`finished_at - started_at`), so it moves with the machine. A step's duration includes up to
+one poll interval after fal finished; since the bound is made of the same durations, that rounding is not
+counted against the scheduler. Scaled latencies make the polling about twenty times denser relative to the
+work than in production (0.5 s polls against latencies of seconds to minutes), so the cloud worker's own CPU
+weighs more here than it would on a real farm: its last column shows how busy that process was.
 """
 
 
