@@ -45,11 +45,6 @@ def parse_limits(spec: str) -> dict[str, tuple[int, int]]:
 
 def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, Policy]:
     limits = parse_limits(settings.autoscale_workers)
-    per_worker = {
-        "post": settings.post_concurrency,
-        "cloud": settings.cloud_concurrency,
-        "gpu": settings.gpu_concurrency,
-    }
     result = {}
     for queue in queues:
         low, high = limits.get(queue, (0, 1))
@@ -61,13 +56,13 @@ def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, Policy]:
                 settings.gpu_max_usd_per_hr,
                 settings.gpu_expected_usd_per_hr,
                 settings.gpu_jobs_per_pod,
-                per_worker[queue],
+                settings.concurrency(queue),
             )
             low = min(low, high)
         result[queue] = Policy(
             low,
             high,
-            per_worker[queue],
+            settings.concurrency(queue),
             settings.autoscale_up_cooldown_s,
             settings.autoscale_down_cooldown_s,
             cap_reason,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from farm.plan import Plan, Step
-from farm.routing import backend_for, queue_for
-from farm.scheduler import DEFAULT_PRIORITY, PRIORITIES, Admitted, Ready, Scheduler
+from farm.routing import step_queue
+from farm.scheduler import DEFAULT_PRIORITY, Admitted, Ready, Scheduler, check_priority
 from farm.state import ReleaseReads, RunStore, new_run_id
 
 
@@ -46,8 +46,7 @@ def submit(
     """Store the run and release its root steps; return the run id. `gated` steps wait for review
     (`farm.review`); `source` holds the storyboard and registry documents a retake re-plans from;
     `priority` (1-9, 9 first) ranks its ready steps against other runs'."""
-    if priority not in PRIORITIES:
-        raise ValueError(f"priority must be 1 to 9 (9 goes first), not {priority}")
+    check_priority(priority)
     run_id = new_run_id(plan)
     meta = {
         "project": plan.project,
@@ -109,7 +108,7 @@ def _offer_and_send(
     priority = run_priority(found.meta)
     entries = []
     for step in steps:
-        queue = queue_for(step.kind, found.overrides.get(step.id) or backend_for(step.kind, backend))
+        queue = step_queue(step.kind, backend, found.overrides.get(step.id))
         entries.append(Ready(run_id, step.id, queue, found.remaining.get(step.id, 0.0), priority))
     runs.set_infos(run_id, {e.step_id: {"queue": e.queue, "queued_at": now} for e in entries})
     finished = (run_id, ended) if ended else None
@@ -133,8 +132,7 @@ def send_admitted(
 
 def reprioritise(runs: RunStore, run_id: str, priority: int, scheduler: Scheduler | None = None) -> int:
     """Set a run's priority; its steps already waiting are ranked again. Returns how many were."""
-    if priority not in PRIORITIES:
-        raise ValueError(f"priority must be 1 to 9 (9 goes first), not {priority}")
+    check_priority(priority)
     sched = scheduler or Scheduler(runs.r)
     runs.r.hset(runs.key(run_id), "priority", str(priority))
     waiting = sched.waiting_of(run_id)
@@ -167,7 +165,7 @@ def resend_unsent(runs: RunStore, sender: Sender, scheduler: Scheduler | None = 
                 runs.sent(run_id, step_id)
                 continue
             step = runs.step(run_id, step_id)
-            queue = queue_for(step.kind, overrides.get(step_id) or backend_for(step.kind, meta["backend"]))
+            queue = step_queue(step.kind, meta["backend"], overrides.get(step_id))
             if sched.holds_slot(run_id, step_id):
                 sender.send(run_id, step, queue)
                 runs.sent(run_id, step_id)

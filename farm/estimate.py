@@ -77,13 +77,10 @@ def critical_path(plan: Plan) -> tuple[list[str], float]:
 def remaining_path_s(plan: Plan) -> dict[str, float]:
     """Per step, the longest chain of typical latencies from its start to the end of the episode: the
     scheduler's rank, since the step with the most still ahead of it is the one the episode waits for."""
-    dependents: dict[str, list[str]] = defaultdict(list)
-    for step in plan.steps:
-        for producer in step.inputs:
-            dependents[producer].append(step.id)
+    consumers = plan.consumers()
     remaining: dict[str, float] = {}
     for step in reversed(plan.steps):  # dependency order, so every consumer is known first
-        after = max((remaining[d] for d in dependents[step.id]), default=0.0)
+        after = max((remaining[d.id] for d in consumers.get(step.id, [])), default=0.0)
         remaining[step.id] = step.latency_s + after
     return remaining
 
@@ -101,10 +98,7 @@ class _ListSchedule:
         self.plan, self.lane_of, self.limits = plan, lane_of, limits
         self.remaining = remaining_path_s(plan)
         self.waiting = {s.id: len(s.inputs) for s in plan.steps}
-        self.dependents: dict[str, list[Step]] = defaultdict(list)
-        for step in plan.steps:
-            for producer in step.inputs:
-                self.dependents[producer].append(step)
+        self.consumers = plan.consumers()
         self.ready: dict[str, list[tuple[float, int, Step]]] = defaultdict(list)
         self.running: list[tuple[float, int, Step]] = []
         self.busy: Counter[str] = Counter()
@@ -132,7 +126,7 @@ class _ListSchedule:
                 return now
             now, _, done = heapq.heappop(self.running)
             self.busy[self.lane_of(done)] -= 1
-            for consumer in self.dependents[done.id]:
+            for consumer in self.consumers.get(done.id, []):
                 self.waiting[consumer.id] -= 1
                 if self.waiting[consumer.id] == 0:
                     self.offer(consumer)

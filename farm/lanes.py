@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from farm.autoscale import affordable_pods
 from farm.estimate import makespan_at_limits
 from farm.plan import Plan, Step
-from farm.routing import backend_for, queue_for
+from farm.routing import QUEUES, step_queue
 from farm.scheduler import Announcement, Policy
 from farm.settings import Settings
 
@@ -30,15 +30,10 @@ def provider_cap(queue: str, settings: Settings) -> int | None:
 def configured_limits(settings: Settings) -> dict[str, int | None]:
     """Per queue, what one worker of the configured size can run under the provider caps: the limits
     `farm estimate` plans with before any worker is up."""
-    slots = {
-        "post": settings.post_concurrency,
-        "cloud": settings.cloud_concurrency,
-        "gpu": settings.gpu_concurrency,
-    }
     limits: dict[str, int | None] = {}
-    for queue, n in slots.items():
-        cap = provider_cap(queue, settings)
-        limits[queue] = n if cap is None else min(n, cap)
+    for queue in QUEUES:
+        slots, cap = settings.concurrency(queue), provider_cap(queue, settings)
+        limits[queue] = slots if cap is None else min(slots, cap)
     return limits
 
 
@@ -67,7 +62,7 @@ def time_at_limits(plan: Plan, settings: Settings) -> TimeAtLimits:
     backend = settings.backend()
 
     def lane_of(step: Step) -> str:
-        return queue_for(step.kind, backend_for(step.kind, backend))
+        return step_queue(step.kind, backend)
 
     limits = configured_limits(settings)
     used = {q: limits[q] for q in dict.fromkeys(lane_of(s) for s in plan.steps)}

@@ -96,6 +96,14 @@ class Plan(BaseModel):
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
 
+    def consumers(self) -> dict[str, list[Step]]:
+        """Step id -> the steps that take its outputs as inputs (steps nothing consumes are absent)."""
+        found: dict[str, list[Step]] = {}
+        for step in self.steps:
+            for producer in step.inputs:
+                found.setdefault(producer, []).append(step)
+        return found
+
 
 def build_plan(episode: Episode, takes: Mapping[int, int] | None = None, cut: int = 1) -> Plan:
     """The whole render plan for a validated episode, steps in dependency order. `takes` (shot -> take)

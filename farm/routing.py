@@ -24,6 +24,11 @@ def queue_for(kind: StepKind, backend: str) -> str:
     return ROUTES[(kind, backend)]
 
 
+def step_queue(kind: StepKind, run_backend: str, override: str | None = None) -> str:
+    """The queue a step runs on: its own backend if it was rerouted (`override`), else the run's."""
+    return queue_for(kind, override or backend_for(kind, run_backend))
+
+
 def backend_for(kind: StepKind, run_backend: str) -> str:
     """Post steps run on the embedded engine; everything else on the run's backend."""
     return "local" if kind in POST_KINDS else run_backend

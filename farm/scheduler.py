@@ -35,6 +35,13 @@ Order = Literal["critical_path", "fifo"]
 DEFAULT_PRIORITY = 5
 PRIORITIES = range(1, 10)
 """Run priorities: 9 goes first, 1 last; 5 unless `farm submit --priority` says otherwise."""
+
+
+def check_priority(priority: int) -> None:
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be 1 to 9 (9 goes first), not {priority}")
+
+
 ANNOUNCE_EVERY_S = 5.0
 ANNOUNCE_TTL_S = 15.0
 SEPARATOR = "\t"
@@ -206,14 +213,8 @@ class Scheduler:
         if not entries:
             return
         moment = time.time() if now is None else now
-        lanes = self.lanes({e.queue for e in entries}, moment)
-        by_queue: dict[str, dict[str, float]] = {}
-        for e in entries:
-            score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
-            by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
         pipe = self.r.pipeline(transaction=False)
-        for queue, scores in by_queue.items():
-            pipe.zadd(self.ready_key(queue), scores, nx=True)
+        self._queue_offers(pipe, entries, self.lanes({e.queue for e in entries}, moment), moment)
         pipe.execute()
 
     def admit(self, queues: Iterable[str], now: float | None = None) -> list[Admitted]:
@@ -235,22 +236,29 @@ class Scheduler:
         touched = set(self.queues) if finished else {*queues, *(e.queue for e in entries)}
         lanes = self.lanes(touched, moment)
         pipe = self.r.pipeline(transaction=False)
-        by_queue: dict[str, dict[str, float]] = {}
-        for e in entries:
-            score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
-            by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
-        for queue, scores in by_queue.items():
-            pipe.zadd(self.ready_key(queue), scores, nx=True)
+        offered = self._queue_offers(pipe, entries, lanes, moment)
         ended = member(*finished) if finished else ""
         order = sorted(touched)
         for queue in order:
             limit = lanes[queue].limit
             keys = [self.ready_key(queue), self.slots_key(queue)]
             self._admit(keys=keys, args=[-1 if limit is None else limit, moment, ended], client=pipe)
-        replies = pipe.execute()[len(by_queue) :]
+        replies = pipe.execute()[offered:]
         return [
             Admitted(*_split(raw), queue) for queue, got in zip(order, replies, strict=True) for raw in got
         ]
+
+    def _queue_offers(
+        self, pipe: Any, entries: Sequence[Ready], lanes: dict[str, Lane], moment: float
+    ) -> int:
+        """Add the entries' ZADDs (a step already waiting keeps its rank) to `pipe`; returns how many."""
+        by_queue: dict[str, dict[str, float]] = {}
+        for e in entries:
+            score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
+            by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
+        for queue, scores in by_queue.items():
+            pipe.zadd(self.ready_key(queue), scores, nx=True)
+        return len(by_queue)
 
     def finish(self, run_id: str, step_id: str) -> list[str]:
         """The step ended (or moves elsewhere): give back its slot. Returns the queues that got room."""

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     def ssh_key_path(self) -> Path:
         return self.gpu_ssh_key or self.home / "ssh" / "id_ed25519"
 
+    def concurrency(self, queue: str) -> int:
+        """Steps one worker of `queue` runs at once (`FARM_<QUEUE>_CONCURRENCY`)."""
+        return {"post": self.post_concurrency, "cloud": self.cloud_concurrency, "gpu": self.gpu_concurrency}[
+            queue
+        ]
+
     def backend(self) -> str:
         """The backend image and video steps run on."""
         if self.engine == "auto":

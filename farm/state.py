@@ -320,10 +320,7 @@ class RunStore:
         """Store the plan and its state in one transaction; return the root steps, already queued.
         `gated` steps wait for review: they are held, not queued, once their inputs are done. `source` keeps
         the documents the plan came from (for retakes)."""
-        dependents: dict[str, list[str]] = defaultdict(list)
-        for step in plan.steps:
-            for producer in step.inputs:
-                dependents[producer].append(step.id)
+        dependents = {producer: [s.id for s in steps] for producer, steps in plan.consumers().items()}
         roots = [s.id for s in plan.steps if not s.inputs]
         now = str(time.time())
         header: dict[Any, Any] = dict(meta)

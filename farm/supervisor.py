@@ -120,11 +120,7 @@ def free_port() -> int:
 
 
 def worker_command(queue: str, settings: Settings, name: str) -> list[str]:
-    concurrency = {
-        "post": settings.post_concurrency,
-        "cloud": settings.cloud_concurrency,
-        "gpu": settings.gpu_concurrency,
-    }[queue]
+    concurrency = settings.concurrency(queue)
     return [
         sys.executable,
         "-m",
