@@ -131,8 +131,14 @@ def test_arrows_select_shots_and_a_and_n_review_them_in_a_real_browser(
         assert selected() == shots[1]
         keys.send_keys("a").perform()
         eventually(lambda: runs.reviews(run_id).get(shots[1]) == "approved", "approved in Redis")
-        states = runs.states(run_id)
-        video = {i for i, s in runs.steps(run_id).items() if s.shot == shots[1] and states[i] == "queued"}
+
+        def queued_video() -> set[str]:
+            states = runs.states(run_id)
+            return {i for i, s in runs.steps(run_id).items() if s.shot == shots[1] and states[i] == "queued"}
+
+        # The decision is stored before the release that follows it on the server's thread: wait for both.
+        eventually(lambda: bool(queued_video()) and queued_video() <= set(sender.sent), "video released")
+        video = queued_video()
         assert video and video <= set(sender.sent), "its held video was released to the queue"
         assert not video & runs.gated(run_id)
         badge = f'.card[data-shot="{shots[1]}"] [data-field="review"]'
