@@ -84,11 +84,19 @@ def release(
 
 
 def step_ended(
-    runs: RunStore, sender: Sender, run_id: str, step_id: str, released: list[str], *, scheduler: Scheduler
+    runs: RunStore,
+    sender: Sender,
+    run_id: str,
+    step_id: str,
+    released: list[str],
+    *,
+    scheduler: Scheduler,
+    reads: ReleaseReads | None = None,
 ) -> list[Admitted]:
     """A step finished (or failed, was skipped, or moves to another lane): free its slot, offer what it
-    unblocked, send what is admitted. A handful of Redis round trips: it sits on every dependency hop."""
-    found = runs.release_reads(run_id, released)
+    unblocked, send what is admitted. It sits on every dependency hop: given the `reads` that
+    `RunStore.complete` returns, it costs one round trip, then the sends and one more."""
+    found = reads if reads is not None else runs.release_reads(run_id, released)
     steps = [found.steps[s] for s in released]
     backend = found.meta.get("backend", "")
     return _offer_and_send(runs, sender, scheduler, run_id, steps, backend, found, ended=step_id)
@@ -110,9 +118,11 @@ def _offer_and_send(
     for step in steps:
         queue = step_queue(step.kind, backend, found.overrides.get(step.id))
         entries.append(Ready(run_id, step.id, queue, found.remaining.get(step.id, 0.0), priority))
-    runs.set_infos(run_id, {e.step_id: {"queue": e.queue, "queued_at": now} for e in entries})
+    infos = {e.step_id: {"queue": e.queue, "queued_at": now} for e in entries}
     finished = (run_id, ended) if ended else None
-    admitted = scheduler.settle(entries, finished=finished, now=now)
+    admitted = scheduler.settle(
+        entries, finished=finished, now=now, along=lambda pipe: runs.set_infos(run_id, infos, pipe=pipe)
+    )
     send_admitted(runs, sender, admitted, {(run_id, s.id): s for s in steps})
     return admitted
 

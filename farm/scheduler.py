@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import redis
 
+from farm import pipelines
 from farm.routing import QUEUES
 
 Order = Literal["critical_path", "fifo"]
@@ -162,10 +163,16 @@ def _split(raw: bytes | str) -> tuple[str, str]:
 class Scheduler:
     """Ready sets, slots and worker announcements in Redis; every method is safe from any process."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str] = QUEUES) -> None:
+    def __init__(
+        self, client: redis.Redis, queues: Sequence[str] = QUEUES, *, lanes_ttl_s: float = 0.0
+    ) -> None:
+        """`lanes_ttl_s`: how long a lane read from the announcements may be reused. A worker keeps them a
+        second (they change every few seconds), which saves a round trip on most dependency hops."""
         self.r = client
         self.queues = tuple(queues)
         self._admit = client.register_script(_ADMIT)
+        self._lanes_ttl_s = lanes_ttl_s
+        self._lanes_cache: dict[str, tuple[float, Lane]] = {}
 
     @staticmethod
     def ready_key(queue: str) -> str:
@@ -190,12 +197,17 @@ class Scheduler:
 
     def lanes(self, queues: Iterable[str], now: float | None = None) -> dict[str, Lane]:
         """Each queue's limit and policy from its live workers (expired announcements are dropped)."""
-        names = list(dict.fromkeys(queues))
+        wanted = list(dict.fromkeys(queues))
         moment = time.time() if now is None else now
+        clock = time.monotonic()
+        fresh = {q: hit[1] for q in wanted if (hit := self._lanes_cache.get(q)) and clock < hit[0]}
+        names = [q for q in wanted if q not in fresh]
+        if not names:
+            return fresh
         pipe = self.r.pipeline(transaction=False)
         for queue in names:
             pipe.hgetall(self.pool_key(queue))
-        lanes = {}
+        lanes = dict(fresh)
         for queue, raw in zip(names, pipe.execute(), strict=True):
             live: list[dict[str, Any]] = []
             for worker, blob in raw.items():
@@ -205,6 +217,8 @@ class Scheduler:
                 else:
                     self.r.hdel(self.pool_key(queue), worker)
             lanes[queue] = _lane(queue, live)
+            if self._lanes_ttl_s > 0:
+                self._lanes_cache[queue] = (clock + self._lanes_ttl_s, lanes[queue])
         return lanes
 
     # steps --------------------------------------------------------------------------------------
@@ -229,36 +243,42 @@ class Scheduler:
         finished: tuple[str, str] | None = None,
         queues: Iterable[str] = (),
         now: float | None = None,
+        along: pipelines.Build | None = None,
     ) -> list[Admitted]:
-        """In two round trips: give back the slot of the `finished` step, offer `entries` (a step already
-        waiting keeps its rank) and admit on every lane that may have room now."""
+        """In one round trip (two when the lanes must be read): give back the slot of the `finished` step,
+        offer `entries` (a step already waiting keeps its rank) and admit on every lane that may have room
+        now. `along` queues more writes on the same pipeline; they must be safe to repeat."""
         moment = time.time() if now is None else now
         touched = set(self.queues) if finished else {*queues, *(e.queue for e in entries)}
         lanes = self.lanes(touched, moment)
-        pipe = self.r.pipeline(transaction=False)
-        offered = self._queue_offers(pipe, entries, lanes, moment)
         ended = member(*finished) if finished else ""
         order = sorted(touched)
-        for queue in order:
-            limit = lanes[queue].limit
-            keys = [self.ready_key(queue), self.slots_key(queue)]
-            self._admit(keys=keys, args=[-1 if limit is None else limit, moment, ended], client=pipe)
-        replies = pipe.execute()[offered:]
+
+        def build(pipe: Any) -> None:  # twice only if Redis forgot the script: ZADD NX keeps ranks
+            if along:
+                along(pipe)
+            self._queue_offers(pipe, entries, lanes, moment)
+            for queue in order:
+                limit = lanes[queue].limit
+                keys = [self.ready_key(queue), self.slots_key(queue)]
+                pipelines.call(pipe, self._admit, keys, [-1 if limit is None else limit, moment, ended])
+
+        replies = pipelines.run(self.r, build, [self._admit])
+        replies = replies[len(replies) - len(order) :]  # the admissions come last
         return [
             Admitted(*_split(raw), queue) for queue, got in zip(order, replies, strict=True) for raw in got
         ]
 
     def _queue_offers(
         self, pipe: Any, entries: Sequence[Ready], lanes: dict[str, Lane], moment: float
-    ) -> int:
-        """Add the entries' ZADDs (a step already waiting keeps its rank) to `pipe`; returns how many."""
+    ) -> None:
+        """Add the entries' ZADDs (a step already waiting keeps its rank) to `pipe`."""
         by_queue: dict[str, dict[str, float]] = {}
         for e in entries:
             score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
             by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
         for queue, scores in by_queue.items():
             pipe.zadd(self.ready_key(queue), scores, nx=True)
-        return len(by_queue)
 
     def finish(self, run_id: str, step_id: str) -> list[str]:
         """The step ended (or moves elsewhere): give back its slot. Returns the queues that got room."""

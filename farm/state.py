@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from farm import pipelines
 from farm.estimate import remaining_path_s
 from farm.plan import Plan, Step
 
@@ -79,9 +80,10 @@ _COMPLETE = (
     _FINISH
     + """
 local state, waiting, deps, run, outbox, gated = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local steps, remaining = KEYS[7], KEYS[8]
 local step, final, now = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', state, step)
-if cur ~= 'running' and cur ~= 'queued' then return {'-'} end
+if cur ~= 'running' and cur ~= 'queued' then return {'-', {}, {}, {}} end
 redis.call('HSET', state, step, final)
 redis.call('HINCRBY', run, 'done', 1)
 local status = redis.call('HGET', run, 'status')
@@ -103,7 +105,10 @@ if list then
 end
 local outcome = ''
 if redis.call('HINCRBY', run, 'active', #released - 1) == 0 then outcome = finish(run, now, gated) end
-return {outcome, unpack(released)}
+if #released == 0 then return {outcome, {}, {}, {}} end
+-- What sending them needs (their plans and ranks), so releasing costs no second round trip.
+local plans = redis.call('HMGET', steps, unpack(released))
+return {outcome, released, plans, redis.call('HMGET', remaining, unpack(released))}
 """
 )
 
@@ -273,6 +278,8 @@ class Completion:
     """'' while the run goes on; succeeded | failed | cancelled when this call settled it."""
     duplicate: bool = False
     """The step was already settled (a redelivered task): nothing changed."""
+    reads: ReleaseReads | None = None
+    """From `RunStore.complete`: what sending the released steps needs, read in the same round trip."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,15 @@ class ReleaseReads:
     overrides: dict[str, str]
     remaining: dict[str, float]
     steps: dict[str, Step]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's start of a step: how many times it has been started (-1: skip it) and the run as read
+    in the same round trip."""
+
+    started: int
+    reads: ReleaseReads
 
 
 def new_run_id(plan: Plan) -> str:
@@ -368,14 +384,48 @@ class RunStore:
         keys = [self.key(run_id, "state"), self.key(run_id, "deliveries")]
         return int(self._begin(keys=keys, args=[step_id]))
 
-    def complete(self, run_id: str, step_id: str, *, cached: bool = False) -> Completion:
-        keys = [self.key(run_id, p) for p in ("state", "waiting", "dependents")] + [self.key(run_id)]
-        keys += [self.key(run_id, "outbox"), self.key(run_id, "gated")]
-        reply = self._complete(keys=keys, args=[step_id, "cached" if cached else "done", str(time.time())])
+    def claim(self, run_id: str, step_id: str) -> Claim:
+        """`begin`, and read the step's plan and the run's metadata and overrides: one round trip, on
+        every dependency hop."""
+        keys = [self.key(run_id, "state"), self.key(run_id, "deliveries")]
+
+        def build(pipe: Any) -> None:
+            pipelines.call(pipe, self._begin, keys, [step_id])
+            self._queue_run_reads(pipe, run_id)
+            pipe.hmget(self.key(run_id, "steps"), [step_id])
+
+        started, meta, overrides, raw = pipelines.run(self.r, build, [self._begin])
+        steps = {step_id: Step.model_validate_json(raw[0])} if raw[0] is not None else {}
+        return Claim(int(started), ReleaseReads(_texts(meta), _texts(overrides), {}, steps))
+
+    def complete(
+        self, run_id: str, step_id: str, *, cached: bool = False, info: Mapping[str, Any] | None = None
+    ) -> Completion:
+        """Mark the step done (or cached) and queue what it unblocks. In the same round trip: write `info`
+        fields first, and read what sending the released steps needs (`Completion.reads`)."""
+        parts = ("state", "waiting", "dependents", "", "outbox", "gated", "steps", "remaining")
+        keys = [self.key(run_id, p) for p in parts]
+        args = [step_id, "cached" if cached else "done", str(time.time())]
+
+        def build(pipe: Any) -> None:  # twice only if Redis forgot the script: writes the same info again
+            if info:
+                pipe.hset(self.key(run_id, "info"), mapping=_info_fields(step_id, info))
+            pipelines.call(pipe, self._complete, keys, args)
+            self._queue_run_reads(pipe, run_id)
+
+        *_, reply, meta, overrides = pipelines.run(self.r, build, [self._complete])
         head = _text(reply[0])
         if head == "-":
             return Completion([], "", duplicate=True)
-        return Completion([_text(x) for x in reply[1:]], head)
+        released = [_text(x) for x in reply[1]]
+        steps = {s: Step.model_validate_json(raw) for s, raw in zip(released, reply[2], strict=True)}
+        remaining = {s: float(v) for s, v in zip(released, reply[3], strict=True) if v is not None}
+        reads = ReleaseReads(_texts(meta), _texts(overrides), remaining, steps)
+        return Completion(released, head, reads=reads)
+
+    def _queue_run_reads(self, pipe: Any, run_id: str) -> None:
+        pipe.hgetall(self.key(run_id))
+        pipe.hgetall(self.key(run_id, "backend"))
 
     def fail(self, run_id: str, step_id: str, reason: str) -> str:
         """Mark the step failed with a reason; return the run outcome if this settled the run."""
@@ -462,8 +512,7 @@ class RunStore:
     def release_reads(self, run_id: str, step_ids: list[str], *, with_steps: bool = True) -> ReleaseReads:
         """The run's metadata and backend overrides, and the steps' remaining paths (and plans)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(self.key(run_id))
-        pipe.hgetall(self.key(run_id, "backend"))
+        self._queue_run_reads(pipe, run_id)
         if step_ids:
             pipe.hmget(self.key(run_id, "remaining"), step_ids)
             if with_steps:
@@ -477,15 +526,17 @@ class RunStore:
             steps = {s: Step.model_validate_json(raw) for s, raw in zip(step_ids, rest[1], strict=True)}
         return ReleaseReads(_texts(meta), _texts(overrides), remaining, steps)
 
-    def set_infos(self, run_id: str, fields_by_step: Mapping[str, Mapping[str, Any]]) -> None:
-        """`set_info` for several steps in one write."""
+    def set_infos(
+        self, run_id: str, fields_by_step: Mapping[str, Mapping[str, Any]], *, pipe: Any = None
+    ) -> None:
+        """`set_info` for several steps in one write (queued on `pipe` when given)."""
         mapping: dict[Any, Any] = {
-            f"{step_id}:{k}": json.dumps(v)
+            k: v
             for step_id, fields in fields_by_step.items()
-            for k, v in fields.items()
+            for k, v in _info_fields(step_id, fields).items()
         }
         if mapping:
-            self.r.hset(self.key(run_id, "info"), mapping=mapping)
+            (pipe or self.r).hset(self.key(run_id, "info"), mapping=mapping)
 
     def sent_many(self, steps: list[tuple[str, str]]) -> None:
         """`sent` for several (run id, step id) pairs in one round trip."""
@@ -534,8 +585,7 @@ class RunStore:
 
     # info ----------------------------------------------------------------------------------------
     def set_info(self, run_id: str, step_id: str, **fields: Any) -> None:
-        mapping: dict[Any, Any] = {f"{step_id}:{k}": json.dumps(v) for k, v in fields.items()}
-        self.r.hset(self.key(run_id, "info"), mapping=mapping)
+        self.r.hset(self.key(run_id, "info"), mapping=_info_fields(step_id, fields))
 
     def info(self, run_id: str) -> dict[str, dict[str, Any]]:
         grouped: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -575,6 +625,10 @@ class RunStore:
 
     def runs(self, limit: int = 50) -> list[str]:
         return [_text(r) for r in self.r.zrevrange(RUNS_KEY, 0, limit - 1)]
+
+
+def _info_fields(step_id: str, fields: Mapping[str, Any]) -> dict[Any, Any]:
+    return {f"{step_id}:{k}": json.dumps(v) for k, v in fields.items()}
 
 
 def _texts(raw: Mapping[Any, Any]) -> dict[str, str]:

@@ -38,6 +38,9 @@ class WorkerContext:
             return self.engines[name]
 
 
+LANES_TTL_S = 1.0
+"""How long a worker reuses a lane's limit read from the announcements (refreshed every 5 s)."""
+
 _by_pid: dict[int, WorkerContext] = {}
 _by_pid_lock = threading.Lock()
 
@@ -54,6 +57,6 @@ def context() -> WorkerContext:
                 RunStore(client),
                 store_from_settings(settings),
                 CelerySender(app),
-                Scheduler(client),
+                Scheduler(client, lanes_ttl_s=LANES_TTL_S),
             )
         return _by_pid[pid]

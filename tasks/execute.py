@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from farm import metrics
 from farm.artifacts import input_index, output_key, output_keys
+from farm.dispatch import step_ended
 from farm.manifest import write_manifest
 from farm.plan import Step
 from farm.routing import backend_for, queue_for
@@ -52,10 +53,13 @@ MAX_BACKOFF_S = 60.0
 def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
     """Return the completion (steps to release), or None when there was nothing to do.
 
-    Raises RetryLater or Rerouted when the step must run again later or elsewhere, StepFailed when it failed.
+    A finished step's slot is given back and what it unblocked is sent here, before the bookkeeping that
+    nothing waits for. Raises RetryLater or Rerouted when the step must run again later or elsewhere,
+    StepFailed when it failed.
     """
     runs = ctx.runs
-    started = runs.begin(run_id, step_id)
+    claim = runs.claim(run_id, step_id)  # one round trip: this sits on every dependency hop
+    started = claim.started
     if started < 0:
         return None  # settled already, or cancelled while queued
     if started > ctx.settings.max_deliveries:
@@ -67,9 +71,8 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
             f"its worker died {started - 1} times while running it (limit {limit}); not retried again",
             "worker_died",
         )
-    found = runs.release_reads(run_id, [step_id])  # one round trip: this sits on every dependency hop
-    step, meta = found.steps[step_id], found.meta
-    backend = found.overrides.get(step_id, meta["backend"])
+    step, meta = claim.reads.steps[step_id], claim.reads.meta
+    backend = claim.reads.overrides.get(step_id, meta["backend"])
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started_at = time.time()
     runs.set_info(run_id, step_id, started_at=started_at, worker=worker, delivery=started)
@@ -83,18 +86,26 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
     except Exception as exc:  # every other failure becomes a readable reason on the step
         log.exception("step %s of run %s failed", step_id, run_id)
         _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}", type(exc).__name__)
-    runs.set_info(
+    finished_at = time.time()
+    info = {
+        "finished_at": finished_at,
+        "cached": cached,
+        "actual_cost_usd": str(result.cost_usd),
+        "outputs": [str(p) for p in paths],
+        "metadata": result.metadata,
+    }
+    completion = runs.complete(run_id, step_id, cached=cached, info=info)
+    step_ended(
+        runs,
+        ctx.sender,
         run_id,
         step_id,
-        finished_at=time.time(),
-        cached=cached,
-        actual_cost_usd=str(result.cost_usd),
-        outputs=[str(p) for p in paths],
-        metadata=result.metadata,
+        completion.released,
+        scheduler=ctx.scheduler,
+        reads=completion.reads,
     )
     if not cached:
-        _count_render(ctx, step, backend, time.time() - started_at, result.cost_usd)
-    completion = runs.complete(run_id, step_id, cached=cached)
+        _count_render(ctx, step, backend, finished_at - started_at, result.cost_usd)
     if completion.outcome:
         write_manifest(runs, ctx.store, run_id)
     return completion

@@ -29,9 +29,8 @@ def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
     except StepFailed:
         step_ended(ctx.runs, ctx.sender, run_id, step_id, [], scheduler=ctx.scheduler)
         raise
-    released = completion.released if completion else []
-    step_ended(ctx.runs, ctx.sender, run_id, step_id, released, scheduler=ctx.scheduler)
     if completion is None:
+        step_ended(ctx.runs, ctx.sender, run_id, step_id, [], scheduler=ctx.scheduler)
         return "skipped"
     return f"released {len(completion.released)}" + (
         f"; run {completion.outcome}" if completion.outcome else ""
