@@ -132,19 +132,22 @@ def hop_section(result: hop_overhead.HopResult) -> str:
 
 On the farm, a chain of held shots, each opening on the previous shot's first frame, runs on the embedded
 engine, so image, upscale, image, ... is one dependency chain in the post pool ({result.pool}, concurrency
-{result.concurrency}); a hop is the consumer's start minus its producer's finish (mark done, release,
-admit, send, pick up, claim), over {result.farm_hops} hops after a warm-up run. Bare Celery: a worker with
-the same pool, concurrency and flags on the same Redis runs a canvas chain of {result.bare_tasks} no-op
-tasks; per task is the chain's total time divided by its length.
+{result.concurrency}). The holds and the final concat are taken out of the plan, so nothing runs beside
+the chain (their encodes would take the CPU from it on this box; bare Celery's chain has nothing beside it
+either). A hop is the consumer's start minus its producer's finish: mark done, release, admit, send, pick
+up, claim. Bare Celery: a worker with the same pool, concurrency and flags on the same Redis runs a canvas
+chain of no-op tasks; its gap is one task's end to the next one's start. After a warm-up of each, farm and
+bare chains alternate {result.rounds} times ({result.farm_hops} farm hops, {result.bare_tasks} bare gaps),
+so a change in the machine's load falls on both; the ratio is of the medians.
 
 | figure | value |
 |---|---|
-| farm, per hop: mean / median | {_ms(result.farm_hop_s)} / {_ms(result.farm_hop_median_s)} |
-| bare Celery, per task (total / {result.bare_tasks}) | {_ms(result.bare_per_task_s)} |
-| bare Celery, end of one task to start of the next | {_ms(result.bare_gap_s)} |
-| farm / bare | {_x(result.ratio)} |
+| farm, per hop: median / mean | {_ms(result.farm_hop_median_s)} / {_ms(result.farm_hop_s)} |
+| bare Celery, gap: median / mean | {_ms(result.bare_gap_median_s)} / {_ms(result.bare_gap_s)} |
+| bare Celery, per task (chain's total time / its length) | {_ms(result.bare_per_task_s)} |
+| farm / bare, medians (means) | {_x(result.ratio)} ({_x(result.ratio_of_means)}) |
 | target | under {_x(hop_overhead.TARGET)} ({_meets(result.ratio, hop_overhead.TARGET)}) |
-| farm run | {result.farm_status} |
+| farm runs | {result.farm_status} |
 """
 
 

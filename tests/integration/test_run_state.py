@@ -6,8 +6,10 @@ from pathlib import Path
 
 import redis
 
+from farm.dispatch import step_ended
 from farm.plan import Plan, build_plan
 from farm.review import gated_steps
+from farm.scheduler import Scheduler
 from farm.state import RunStore
 from farm.validate import load_episode
 
@@ -171,3 +173,29 @@ def test_cancelling_a_run_in_review_cancels_its_held_steps(client: redis.Redis, 
     revoked, outcome = runs.cancel("r10")
     assert revoked == [] and outcome == "cancelled"
     assert "held" not in runs.states("r10").values()
+
+
+def test_a_hop_survives_redis_forgetting_its_scripts(client: redis.Redis, sample_path: Path) -> None:
+    """Claim, complete and settle send their scripts by SHA inside pipelines; after a Redis restart (here
+    SCRIPT FLUSH) the scripts are loaded again and each transition still happens exactly once."""
+    plan = sample_plan(sample_path)
+    runs, sched = RunStore(client), Scheduler(client)
+    root = runs.create("r8", plan, {"backend": "local", "priority": "5"})[0]
+    client.script_flush()
+    claim = runs.claim("r8", root)
+    assert claim.started == 1 and claim.reads.steps[root].id == root
+    assert claim.reads.meta["backend"] == "local"
+    client.script_flush()
+    completion = runs.complete("r8", root, info={"finished_at": 1.5})
+    assert completion.released and not completion.duplicate
+    assert completion.reads is not None and set(completion.reads.steps) == set(completion.released)
+    assert runs.meta("r8")["done"] == "1" and runs.info("r8")[root]["finished_at"] == 1.5
+    client.script_flush()
+    sender = _Recorder()
+    admitted = step_ended(
+        runs, sender, "r8", root, completion.released, scheduler=sched, reads=completion.reads
+    )
+    sent = [step for _, step, _ in sender.sent]
+    assert sorted(a.step_id for a in admitted) == sorted(completion.released) == sorted(sent)
+    assert not set(sent) & set(runs.outbox("r8")), "sent, so out of the outbox"
+    assert runs.deliveries("r8")[root] == 1

@@ -7,6 +7,7 @@ card latency, and the makespan is compared with the critical path and with the w
 from __future__ import annotations
 
 import heapq
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,18 @@ def test_lane_limit_is_the_smaller_of_live_slots_and_the_provider_cap(client: re
     assert (lanes["cloud"].slots, lanes["cloud"].limit) == (128, 10)
     assert (lanes["post"].slots, lanes["post"].limit) == (2, 2)
     assert client.hkeys(Scheduler.pool_key("post")) == [b"p1"], "the stale announcement is dropped"
+
+
+def test_a_worker_reuses_a_lane_it_read_until_its_ttl_runs_out(client: redis.Redis) -> None:
+    """Workers keep lanes a second (one round trip fewer per hop); the CLI reads them every time."""
+    cached, fresh = Scheduler(client, lanes_ttl_s=0.2), Scheduler(client)
+    cached.announce("post", "p1", Announcement(slots=2))
+    assert cached.lanes(["post"])["post"].limit == 2
+    cached.announce("post", "p1", Announcement(slots=5))
+    assert cached.lanes(["post"])["post"].limit == 2, "within the ttl: the lane read before"
+    assert fresh.lanes(["post"])["post"].limit == 5
+    time.sleep(0.25)
+    assert cached.lanes(["post"])["post"].limit == 5, "after the ttl: read again"
 
 
 def test_a_slot_whose_step_ended_without_telling_is_taken_back(client: redis.Redis) -> None:
