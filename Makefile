@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXAMPLE := examples/lighthouse/storyboard_ep_001.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup tools test lint demo bench clean
+.PHONY: help setup tools test chaos lint demo bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,9 @@ lint: setup ## ruff + mypy
 demo: setup ## Render the example episode end to end on the embedded engine
 	$(BIN)/farm estimate $(EXAMPLE)
 	$(BIN)/farm render $(EXAMPLE)
+
+chaos: setup ## Run only the fault-injection cases (they also run in `make test`)
+	$(BIN)/pytest -m chaos
 
 bench: setup ## Run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks.run

@@ -16,7 +16,9 @@ import typer
 from farm.autoscaler import Autoscaler, Pool, policies
 from farm.cli_runtime import INPUT_ERROR, connect, console
 from farm.metrics import serve_metrics
+from farm.reconcile import reconcile as run_reconcile
 from farm.routing import QUEUES
+from farm.scheduler import Scheduler
 from farm.settings import Settings, load_settings
 from farm.supervisor import Farm, flower_command, flower_credentials, start_farm, stop_farm
 from farm.worker_pool import LocalWorkers
@@ -128,7 +130,29 @@ def flower(
     os.execve(command[0], command, {**os.environ, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
 
 
+def reconcile(
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            "--grace-s",
+            help="Send a step whose message is missing only if an earlier pass found it missing this long "
+            "ago (default FARM_RECONCILE_EVERY_S; 0 sends it now).",
+        ),
+    ] = None,
+) -> None:
+    """One reconcile pass now: send what is left in outboxes and steps whose Celery message is lost."""
+    settings = load_settings()
+    runs, sender = connect(settings)
+    wait = settings.reconcile_every_s if grace is None else grace
+    result = run_reconcile(runs, sender, Scheduler(runs.r), grace_s=wait)
+    console.print(
+        f"sent {result.from_outbox} step(s) left in an outbox, {result.resent} whose message was lost; "
+        f"{result.missing} without a message for less than {wait:g} s (sent by a later pass if still so)"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command()(autoscale)
+    app.command()(reconcile)
     app.command()(metrics)
     app.command()(flower)

@@ -26,6 +26,12 @@ class Sender(Protocol):
     def revoke(self, run_id: str, step_ids: list[str]) -> None: ...
 
 
+def task_id(run_id: str, step_id: str) -> str:
+    """A step's Celery task id: deterministic, so a step can be revoked, found in Flower or looked for in
+    the broker from the run state alone."""
+    return f"{run_id}:{step_id}"
+
+
 def deliverables_dir(output: Path, plan: Plan) -> Path:
     return output / plan.project_name / f"ep_{plan.episode:03d}"
 
@@ -165,25 +171,38 @@ def resend_unsent(runs: RunStore, sender: Sender, scheduler: Scheduler | None = 
     count = 0
     for run_id in runs.runs(200):
         meta = runs.meta(run_id)
-        if meta.get("status") != "running":
+        if meta.get("status") == "running":
+            count += resend_outbox(runs, sender, sched, run_id, meta, runs.outbox(run_id))
+    return count
+
+
+def resend_outbox(
+    runs: RunStore,
+    sender: Sender,
+    scheduler: Scheduler,
+    run_id: str,
+    meta: Mapping[str, str],
+    step_ids: Collection[str],
+) -> int:
+    """`resend_unsent` for some of one run's outbox: send those holding a slot, offer the others."""
+    overrides = runs.backend_overrides(run_id)
+    states = runs.states(run_id)
+    count = 0
+    unoffered = []
+    for step_id in step_ids:
+        if states.get(step_id) != "queued":
+            runs.sent(run_id, step_id)
             continue
-        overrides = runs.backend_overrides(run_id)
-        states = runs.states(run_id)
-        unoffered = []
-        for step_id in runs.outbox(run_id):
-            if states.get(step_id) != "queued":
-                runs.sent(run_id, step_id)
-                continue
-            step = runs.step(run_id, step_id)
-            queue = step_queue(step.kind, meta["backend"], overrides.get(step_id))
-            if sched.holds_slot(run_id, step_id):
-                sender.send(run_id, step, queue)
-                runs.sent(run_id, step_id)
-                count += 1
-            else:
-                unoffered.append(step)
-        if unoffered:  # offering keeps the rank of a step already waiting in its ready set
-            count += len(release(runs, sender, run_id, unoffered, meta["backend"], scheduler=sched))
+        step = runs.step(run_id, step_id)
+        queue = step_queue(step.kind, meta["backend"], overrides.get(step_id))
+        if scheduler.holds_slot(run_id, step_id):
+            sender.send(run_id, step, queue)
+            runs.sent(run_id, step_id)
+            count += 1
+        else:
+            unoffered.append(step)
+    if unoffered:  # offering keeps the rank of a step already waiting in its ready set
+        count += len(release(runs, sender, run_id, unoffered, meta["backend"], scheduler=scheduler))
     return count
 
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 2
     max_deliveries: int = 3
     """A step whose worker dies this many times fails instead of being requeued forever."""
+    reconcile_every_s: float = Field(default=30.0, gt=0)
+    """How often one worker looks for steps whose Celery message is lost (`farm.reconcile`); a step found
+    missing is sent again by the next pass that still finds it missing."""
     time_limit_scale: float = 1.0
     """Scales every step's time limits and the broker's visibility timeout together (tests shrink them)."""
 

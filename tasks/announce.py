@@ -1,4 +1,5 @@
-"""A worker's announcement of its slots to the scheduler, refreshed from a thread until it shuts down.
+"""A worker's announcement of its slots to the scheduler, refreshed from a thread until it shuts down; the
+same thread runs the farm's reconcile pass when it is this worker's turn (`tasks.reconciler`).
 
 The worker process (the parent, for a prefork pool) announces every queue it drains; a worker that dies
 stops refreshing and its slots drop out of the lane after `ANNOUNCE_TTL_S`.
@@ -14,6 +15,7 @@ from farm.dispatch import send_admitted
 from farm.lanes import announcement
 from farm.scheduler import ANNOUNCE_EVERY_S
 from tasks.context import WorkerContext
+from tasks.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ def start_announcing(ctx: WorkerContext, consumer: Any) -> None:
     announce_once(ctx, slots)
     # New slots: the lanes may admit steps that were waiting for room.
     send_admitted(ctx.runs, ctx.sender, ctx.scheduler.admit(queues))
-    thread = threading.Thread(target=_refresh, args=(ctx, slots), name="farm-announce", daemon=True)
+    reconciler = Reconciler(ctx, name)
+    thread = threading.Thread(
+        target=_refresh, args=(ctx, slots, reconciler), name="farm-announce", daemon=True
+    )
     thread.start()
 
 
@@ -43,12 +48,13 @@ def announce_once(ctx: WorkerContext, slots: int) -> None:
         ctx.scheduler.announce(queue, name, announcement(queue, slots, ctx.settings))
 
 
-def _refresh(ctx: WorkerContext, slots: int) -> None:
-    while not _stop.wait(ANNOUNCE_EVERY_S):
+def _refresh(ctx: WorkerContext, slots: int, reconciler: Reconciler) -> None:
+    while not _stop.wait(min(ANNOUNCE_EVERY_S, ctx.settings.reconcile_every_s)):
         try:
             announce_once(ctx, slots)
+            reconciler.beat()
         except Exception:  # Redis away for a moment: the next beat tries again
-            log.warning("could not refresh this worker's announcement", exc_info=True)
+            log.warning("could not refresh this worker's announcement or reconcile", exc_info=True)
 
 
 def stop_announcing(ctx: WorkerContext) -> None:

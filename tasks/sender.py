@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+from farm.dispatch import task_id
 from farm.plan import Step
 from tasks.config import task_name
-
-
-def task_id(run_id: str, step_id: str) -> str:
-    """Deterministic, so a step can be revoked or found in Flower from the run state alone."""
-    return f"{run_id}:{step_id}"
 
 
 class CelerySender:

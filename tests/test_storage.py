@@ -221,6 +221,7 @@ def _half_then(fail: bool, check: Callable[[], None]) -> Callable[..., None]:
 
 
 @pytest.mark.parametrize("existing", [None, b"old version"], ids=["new", "overwrite"])
+@pytest.mark.chaos
 def test_local_put_failing_midway_leaves_no_partial_object_and_no_temp(
     tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, existing: bytes | None
 ) -> None:

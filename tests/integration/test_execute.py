@@ -76,6 +76,7 @@ def held_shot_plan(sample_path: Path) -> Plan:
     return build_plan(load_episode(sample_path))
 
 
+@pytest.mark.chaos
 def test_a_step_whose_worker_keeps_dying_fails_with_that_reason(
     client: redis.Redis, tmp_path: Path, sample_path: Path
 ) -> None:

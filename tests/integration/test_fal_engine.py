@@ -74,6 +74,7 @@ def test_a_refused_submit_is_not_retried_by_the_client_and_is_released(
     assert len(emulator.ledger()) == 1
 
 
+@pytest.mark.chaos
 def test_a_dropped_submit_response_keeps_the_claim_instead_of_submitting_again(
     engine: FalEngine, emulator: FalEmulator, plan: Plan, tmp_path: Path
 ) -> None:

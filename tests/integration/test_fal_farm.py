@@ -120,6 +120,7 @@ def test_sample_renders_through_fal_with_one_submit_per_paid_step(
     assert video["provider"]["endpoint"] == "fal-ai/wan/v2.2-a14b/image-to-video/lora"
 
 
+@pytest.mark.chaos
 def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_submits(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
@@ -146,6 +147,7 @@ def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_sub
     assert_one_submit_per_paid_step(fal_farm.emulator, plan, unconfirmed)
 
 
+@pytest.mark.chaos
 def test_5xx_and_429_storms_are_retried_boundedly_and_counted(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:

@@ -280,6 +280,7 @@ def slow_comfyui(gpu_farm: GpuFarm, seconds: float) -> Iterator[None]:
         gpu_farm.fleet.set_run_seconds(0.02)
 
 
+@pytest.mark.chaos
 def test_ssh_dropped_mid_job_resumes_the_run_without_rendering_it_again(
     gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
@@ -310,6 +311,7 @@ def test_a_running_gpu_step_shows_live_progress_in_the_run_status(
     assert last["value"] == last["max"] > 1, "the last sampler step is always recorded"
 
 
+@pytest.mark.chaos
 def test_comfyui_restarted_mid_job_renders_only_the_lost_prompt_again(
     gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
@@ -324,6 +326,7 @@ def test_comfyui_restarted_mid_job_renders_only_the_lost_prompt_again(
     assert step_record(gpu_farm, run_id, step_id)["retries"] >= 1  # type: ignore[operator]
 
 
+@pytest.mark.chaos
 def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
     gpu_farm: GpuFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:

@@ -79,6 +79,7 @@ def test_idle_pods_are_stopped_and_resumed_on_a_new_ssh_port(pool: GpuPool) -> N
     assert resumed.endpoint.port != lease.endpoint.port, "the endpoint is read again after a resume"
 
 
+@pytest.mark.chaos
 def test_reconcile_stops_orphans_and_forgets_vanished_pods(pool: GpuPool, emulator: RunpodEmulator) -> None:
     orphan_id = pool.pods.create("farm-gpu-orphan")  # e.g. a worker crashed before registering it
     kept = pool.acquire("qwen", "w1")

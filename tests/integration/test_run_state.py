@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
 from farm.dispatch import step_ended
@@ -175,6 +176,7 @@ def test_cancelling_a_run_in_review_cancels_its_held_steps(client: redis.Redis, 
     assert "held" not in runs.states("r10").values()
 
 
+@pytest.mark.chaos
 def test_a_hop_survives_redis_forgetting_its_scripts(client: redis.Redis, sample_path: Path) -> None:
     """Claim, complete and settle send their scripts by SHA inside pipelines; after a Redis restart (here
     SCRIPT FLUSH) the scripts are loaded again and each transition still happens exactly once."""

@@ -1,0 +1,124 @@
+"""Give a step whose Celery message is gone a new one, so a run never waits forever for a lost message.
+
+A queued or running step that is no longer in its run's outbox was sent: its message is in a Celery queue,
+or delivered and not yet acknowledged (`unacked`: the farm acks late, so a running step's message stays
+there until it ends, and a dead worker's comes back after the visibility timeout). When it is in neither,
+it is lost: Redis restarted from an AOF that missed the last second, a task died of an error outside the
+step's own handling and its message was acked, someone flushed a queue. The reconciler finds such steps
+and, when a later pass still finds them missing (a delivery takes a moment to show in `unacked`), sends
+them again. The state machine runs a step once and paid steps resume their stored request, so a message
+sent twice by a race costs nothing.
+
+It also does what a worker does when it starts (`dispatch.resend_unsent`): offer and send what is still
+in an outbox, here only what a pass a grace period earlier found there too. Workers run it every
+`FARM_RECONCILE_EVERY_S`, one at a time (a lock); `farm reconcile` runs it once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from farm.dispatch import Sender, resend_outbox, task_id
+from farm.routing import QUEUES, step_queue
+from farm.scheduler import SEPARATOR, Scheduler, member
+from farm.state import RunStore
+
+LOCK_KEY = "farm:reconcile:lock"
+MISSING_KEY = "farm:reconcile:missing"
+"""Hash: step member -> when a pass first found its message missing."""
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+"""Kombu's Redis transport keeps a prioritised message in `<queue><sep><step>` (priority 0 in `<queue>`)."""
+UNACKED_KEY = "unacked"
+LIVE_STATES = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    from_outbox: int
+    """Steps sent from an outbox a dead dispatcher left behind (those still waiting for a slot are offered
+    to their ready set again, keeping their rank if they are there)."""
+    missing: int
+    """Sent steps whose message is gone, first seen now: sent again by a later pass if still gone."""
+    resent: int
+    """Sent steps whose message was gone in two passes: sent again."""
+
+
+def broker_task_ids(client: redis.Redis, queues: Iterable[str] = QUEUES) -> set[str]:
+    """Task ids of every message waiting in the queues or delivered and not yet acknowledged."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for key in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS)):
+            pipe.lrange(key, 0, -1)
+    pipe.hvals(UNACKED_KEY)
+    *lists, unacked = pipe.execute()
+    found = {_task_id(raw) for messages in lists for raw in messages}
+    found |= {_task_id(json.loads(raw)[0]) for raw in unacked}
+    return found - {""}
+
+
+def _task_id(message: bytes | str | dict[str, object]) -> str:
+    doc = json.loads(message) if isinstance(message, bytes | str) else message
+    headers = doc.get("headers") if isinstance(doc, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return str(task_id) if task_id else ""
+
+
+def reconcile(
+    runs: RunStore, sender: Sender, scheduler: Scheduler, *, grace_s: float, now: float | None = None
+) -> Reconciled:
+    """One pass. A step is sent from its outbox, or sent again for a missing message, only when a pass
+    `grace_s` or more earlier saw it the same way: a live dispatcher's send takes a moment too."""
+    moment = time.time() if now is None else now
+    present = broker_task_ids(runs.r)
+    seen = {_text(k): float(v) for k, v in runs.r.hgetall(MISSING_KEY).items()}
+    pending: dict[str, float] = {}
+
+    def overdue(key: str) -> bool:
+        first = seen.get(key, moment)
+        if moment - first >= grace_s:
+            return True
+        pending[key] = first
+        return False
+
+    from_outbox = resent = 0
+    for run_id in runs.runs(200):
+        meta = runs.meta(run_id)
+        if meta.get("status") != "running":
+            continue
+        states = runs.states(run_id)  # first: a step sent after this read is in none of the reads below
+        outbox = runs.outbox(run_id)
+        stale = [s for s in outbox if overdue(f"outbox{SEPARATOR}{member(run_id, s)}")]
+        if stale:
+            from_outbox += resend_outbox(runs, sender, scheduler, run_id, meta, stale)
+        waiting = {s for steps in scheduler.waiting_of(run_id).values() for s in steps}
+        overrides = runs.backend_overrides(run_id)
+        for step_id, state in states.items():
+            if state not in LIVE_STATES or step_id in outbox or step_id in waiting:
+                continue
+            if task_id(run_id, step_id) in present or not overdue(member(run_id, step_id)):
+                continue
+            step = runs.step(run_id, step_id)
+            sender.send(run_id, step, step_queue(step.kind, meta["backend"], overrides.get(step_id)))
+            resent += 1
+    pipe = runs.r.pipeline(transaction=True)
+    pipe.delete(MISSING_KEY)
+    if pending:
+        pipe.hset(MISSING_KEY, mapping={k: str(v) for k, v in pending.items()})
+    pipe.execute()
+    missing = sum(1 for k in pending if not k.startswith("outbox"))
+    return Reconciled(from_outbox, missing, resent)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:
+    """True for one caller per `every_s` across the farm (the others skip this period)."""
+    return bool(client.set(LOCK_KEY, holder, nx=True, px=max(1, int(every_s * 1000))))

@@ -1,0 +1,98 @@
+"""Redis killed mid-episode: SIGKILL, restart from its AOF, the broker's messages gone; the run finishes.
+
+Real Redis, real Celery workers (cloud and post), the fal emulator. After the restart every Celery message
+(queued and delivered-unacked) is deleted, so the steps that were admitted or running have no message:
+only the reconciler (`farm.reconcile`, run by a worker every FARM_RECONCILE_EVERY_S) can bring them back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from farm.progress import snapshot
+from farm.settings import Settings
+from farm.supervisor import free_port, start_farm, stop_farm
+from tests.conftest import Doc
+from tests.integration.test_fal_farm import (
+    FalFarm,
+    assert_one_submit_per_paid_step,
+    unconfirmed_submits,
+    variant,
+    write_episode,
+)
+from workers.emulators.fal_server import FalEmulator
+from workers.media import probe
+
+pytestmark = pytest.mark.chaos
+
+FAL_KEY = "fal-chaos-key-0d15ea5e-not-real"
+BROKER_KEYS = ("cloud", "post", "gpu", "unacked", "unacked_index")
+"""Celery's queues and kombu's record of delivered, unacknowledged messages."""
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
+    home = tmp_path_factory.mktemp("chaos-home")
+    emulator = FalEmulator(latency_scale=0.05, key=FAL_KEY).start()
+    env = {
+        "FARM_HOME": str(home),
+        "FAL_KEY": FAL_KEY,
+        "FARM_FAL_URL": emulator.url,
+        "FARM_ENGINE": "fal",
+        "FARM_TIME_LIMIT_SCALE": "0.02",
+        "FARM_FAL_POLL_INTERVAL_S": "0.1",
+        "FARM_FAL_MAX_IN_FLIGHT": "6",
+        "FARM_RECONCILE_EVERY_S": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    with mock.patch.dict(os.environ, env):
+        running = start_farm(
+            Settings(), queues=("cloud", "post"), flower=False, redis_port=free_port(), private_dir=home / "p"
+        )
+    try:
+        yield FalFarm(running, home / "out", "fal", emulator=emulator)
+    finally:
+        stop_farm(running)
+        emulator.stop()
+
+
+def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(
+    farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    path = write_episode(tmp_path, variant(sample_doc, "RDS"), registry_doc)
+    run_id, plan = farm.submit(path)
+    videos = {s.id for s in plan.steps if s.kind.value == "video"}
+    deadline = time.monotonic() + 120
+    while not any(farm.runs.states(run_id).get(v) == "running" for v in videos):
+        assert time.monotonic() < deadline, "no video step started"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the submits land at fal
+    server = farm.farm.redis
+    assert server is not None and server.process is not None
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    time.sleep(1.0)
+    server.start()  # same port and data: the AOF is replayed
+    lost = sum(int(farm.redis.llen(k)) for k in ("cloud", "post")) + int(farm.redis.hlen("unacked"))
+    farm.redis.delete(*BROKER_KEYS)
+    assert lost > 0, "the kill came while steps were in flight: some messages existed"
+
+    assert farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(farm.runs, run_id).failures
+    unconfirmed = unconfirmed_submits(farm, run_id)
+    assert len(unconfirmed) <= 2, "only a submit cut off by the kill itself can be unconfirmed"
+    assert_one_submit_per_paid_step(farm.emulator, plan, unconfirmed)
+    logs = "".join(p.read_text(errors="replace") for p in farm.farm.log_dir.glob("worker-*.log"))
+    assert "whose message was lost" in logs, "the reconciler sent the lost steps again"
+    folder = Path(farm.runs.meta(run_id)["output_dir"])
+    episode = probe(
+        folder / next(s.asset_name for s in plan.steps if s.kind.value == "concat" and not s.shot)
+    )
+    assert episode.codec == "h264" and episode.frames > 0
+    assert not list(folder.rglob("*.partial")), "no half-written output"
