@@ -130,6 +130,33 @@ def test_editing_one_shot_renders_only_what_changed(
     }
 
 
+class _Mkdir:
+    """Unpickling this creates a directory: what a pickled message could make a worker do if accepted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (str(self.path),))
+
+
+@pytest.mark.chaos
+def test_a_pickled_message_is_refused_and_runs_nothing(farm: FarmHandle, tmp_path: Path) -> None:
+    """The workers accept JSON only: a pickle, the classic way to run code in a Celery worker, is dropped
+    unread, with a line in the worker's log."""
+    marker = tmp_path / "unpickled"
+    log = farm.farm.log_dir / "worker-post.log"
+    before = log.read_text(errors="replace").count("Refusing to deserialize")
+    farm.sender.app.send_task("farm.t2i", args=[_Mkdir(marker), "step"], queue="post", serializer="pickle")
+    deadline = time.monotonic() + 30
+    while log.read_text(errors="replace").count("Refusing to deserialize") == before:
+        assert time.monotonic() < deadline, "the worker never saw the pickled message"
+        time.sleep(0.2)
+    assert "untrusted content of type pickle" in log.read_text(errors="replace")
+    assert not marker.exists(), "the pickle was never loaded"
+    assert farm.redis.llen("post") == 0, "the message is gone, not waiting to be retried"
+
+
 def test_bad_storyboard_enqueues_nothing(
     farm: FarmHandle, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
