@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +36,7 @@ from farm.routing import QUEUES
 from farm.run_views import print_status, watch
 from farm.settings import Settings, load_settings
 from farm.state import RunStore
-from farm.supervisor import Farm, free_port, start_farm, stop_farm, worker_command
+from farm.supervisor import Farm, free_port, restart_exited_workers, start_farm, stop_farm, worker_command
 from farm.validate import Episode, load_episode
 from farm.views import duration, estimate_view, plan_view, validation_summary
 
@@ -44,6 +45,7 @@ app = typer.Typer(
     add_completion=False,
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
+from farm.autoscaler import Autoscaler  # noqa: E402
 from farm.cli_dailies import register as register_dailies  # noqa: E402
 from farm.cli_ops import checked_queues, local_autoscaler, show_decisions_in_console  # noqa: E402
 from farm.cli_ops import register as register_ops  # noqa: E402
@@ -294,15 +296,8 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     reaper = PodReaper(settings, farm.broker_url) if settings.runpod_api_key is not None else None
-    next_tick = 0.0
     try:
-        while not stop["now"]:
-            if scaler is not None and time.monotonic() >= next_tick:
-                scaler.tick()
-                next_tick = time.monotonic() + settings.autoscale_interval_s
-            time.sleep(0.2)
-            if reaper is not None:
-                reaper.maybe_reap()
+        _supervise(farm, scaler, reaper, lambda: stop["now"])
     finally:
         console.print("stopping: workers finish their current step first...")
         for pool in pools.values():
@@ -314,6 +309,24 @@ def up(
         if emulator is not None:
             emulator.stop()
         console.print("farm stopped")
+
+
+def _supervise(
+    farm: Farm, scaler: Autoscaler | None, reaper: PodReaper | None, stopping: Callable[[], bool]
+) -> None:
+    """`farm up`'s loop until Ctrl-C: scale (or, without the autoscaler, start again a worker that died)
+    and stop idle pods."""
+    next_tick = 0.0
+    while not stopping():
+        if scaler is not None and time.monotonic() >= next_tick:
+            scaler.tick()  # replaces a worker that died, too
+            next_tick = time.monotonic() + farm.settings.autoscale_interval_s
+        time.sleep(0.2)
+        if scaler is None:
+            for queue in restart_exited_workers(farm):
+                console.print(f"the {queue} worker exited; started it again")
+        if reaper is not None:
+            reaper.maybe_reap()
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import secrets
 import signal
@@ -25,6 +26,8 @@ from farm.settings import Settings
 POOLS = {"post": "prefork", "cloud": "threads", "gpu": "threads"}
 """post is CPU work (processes); cloud and gpu mostly wait on the network (threads)."""
 _PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -182,6 +185,19 @@ def start_worker(farm: Farm, queue: str, log_name: str = "") -> subprocess.Popen
     """Start (or restart) a worker of one queue; its log continues in worker-<queue>.log (or `log_name`)."""
     name = f"{queue}.{secrets.token_hex(3)}@%h"
     return _spawn(farm, worker_command(queue, farm.settings, name), log_name or f"worker-{queue}.log")
+
+
+def restart_exited_workers(farm: Farm) -> list[str]:
+    """Start again every worker that exited on its own; returns their queues. A worker can die of more than
+    a kill: Celery 5.7's threads-pool worker exits ("Unrecoverable error") when Redis goes away under it.
+    Its steps are not lost (their messages wait in `unacked`, the reconciler covers the rest)."""
+    restarted = []
+    for queue, process in list(farm.workers.items()):
+        if process.poll() is not None:
+            log.warning("the %s worker exited with %s; starting it again", queue, process.returncode)
+            farm.workers[queue] = start_worker(farm, queue)
+            restarted.append(queue)
+    return restarted
 
 
 def flower_command(host: str, port: int) -> list[str]:

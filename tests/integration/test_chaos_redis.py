@@ -3,12 +3,15 @@
 Real Redis, real Celery workers (cloud and post), the fal emulator. After the restart every Celery message
 (queued and delivered-unacked) is deleted, so the steps that were admitted or running have no message:
 only the reconciler (`farm.reconcile`, run by a worker every FARM_RECONCILE_EVERY_S) can bring them back.
+Celery 5.7's threads-pool worker exits when Redis vanishes under it; the fixture supervises the workers
+the way `farm up` does (`restart_exited_workers`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 
 from farm.progress import snapshot
 from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
+from farm.supervisor import Farm, free_port, restart_exited_workers, start_farm, stop_farm
 from tests.conftest import Doc
 from tests.integration.test_fal_farm import (
     FalFarm,
@@ -56,11 +59,22 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
         running = start_farm(
             Settings(), queues=("cloud", "post"), flower=False, redis_port=free_port(), private_dir=home / "p"
         )
+    done = threading.Event()
+    watchdog = threading.Thread(target=supervise, args=(running, done), daemon=True)
+    watchdog.start()
     try:
         yield FalFarm(running, home / "out", "fal", emulator=emulator)
     finally:
+        done.set()
+        watchdog.join()
         stop_farm(running)
         emulator.stop()
+
+
+def supervise(farm: Farm, done: threading.Event) -> None:
+    """What `farm up` does between Ctrl-Cs: start again a worker that exited."""
+    while not done.wait(0.5):
+        restart_exited_workers(farm)
 
 
 def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(
