@@ -37,7 +37,7 @@ demo: setup ## Render the example episode end to end on the embedded engine
 	$(BIN)/farm estimate $(EXAMPLE)
 	$(BIN)/farm render $(EXAMPLE)
 
-chaos: setup ## Run only the fault-injection cases (they also run in `make test`)
+chaos: setup ## Run every fault-injection case (the fast ones also run in `make test`)
 	$(BIN)/pytest -m chaos
 
 bench: setup ## Run the benchmarks and write docs/benchmarks.md

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from farm.progress import snapshot
 from farm.redis_server import RedisServer
 from farm.retake import run_source
 from farm.state import RunStore
-from farm.supervisor import Farm, free_port
+from farm.supervisor import Farm, free_port, restart_exited_workers
 from farm.validate import load_episode
 from tasks.app import make_app
 from tasks.sender import CelerySender
@@ -106,3 +107,9 @@ def assert_secret_appears_nowhere(handle: FarmHandle, secret: str) -> None:
         assert secret.encode() not in (handle.redis.dump(key) or b""), (key, handle.redis.type(key))
     for manifest in handle.out.rglob("manifest.json"):
         assert secret not in manifest.read_text(), manifest
+
+
+def supervise(farm: Farm, done: threading.Event) -> None:
+    """What `farm up` does between Ctrl-Cs, for a test's farm: start again a worker that exited."""
+    while not done.wait(0.5):
+        restart_exited_workers(farm)

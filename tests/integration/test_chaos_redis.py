@@ -21,8 +21,9 @@ import pytest
 
 from farm.progress import snapshot
 from farm.settings import Settings
-from farm.supervisor import Farm, free_port, restart_exited_workers, start_farm, stop_farm
+from farm.supervisor import free_port, start_farm, stop_farm
 from tests.conftest import Doc
+from tests.integration.conftest import supervise
 from tests.integration.test_fal_farm import (
     FalFarm,
     assert_one_submit_per_paid_step,
@@ -69,12 +70,6 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
         watchdog.join()
         stop_farm(running)
         emulator.stop()
-
-
-def supervise(farm: Farm, done: threading.Event) -> None:
-    """What `farm up` does between Ctrl-Cs: start again a worker that exited."""
-    while not done.wait(0.5):
-        restart_exited_workers(farm)
 
 
 def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(

@@ -1,0 +1,70 @@
+"""The post pool's worker SIGKILLed while its children encode with ffmpeg: the episode still finishes whole.
+
+The worker's steps stay in kombu's `unacked` (late acks) and come back after the visibility timeout, which
+FARM_TIME_LIMIT_SCALE shrinks to about 75 s; so this case takes two minutes and runs with `make chaos`,
+not in `make test`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from farm.progress import snapshot
+from farm.settings import Settings
+from farm.supervisor import free_port, start_farm, stop_farm
+from tests.integration.conftest import FarmHandle, supervise
+from workers.media import probe
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+ENCODING_KINDS = ("video", "ken_burns", "hold", "concat")
+"""Steps whose embedded engine runs ffmpeg."""
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
+    home = tmp_path_factory.mktemp("post-chaos")
+    env = {"FARM_HOME": str(home), "FARM_ENGINE": "local", "FARM_TIME_LIMIT_SCALE": "0.02"}
+    with mock.patch.dict(os.environ, env):
+        running = start_farm(
+            Settings(), queues=("post",), flower=False, redis_port=free_port(), private_dir=home / "p"
+        )
+    done = threading.Event()
+    watchdog = threading.Thread(target=supervise, args=(running, done), daemon=True)
+    watchdog.start()
+    try:
+        yield FarmHandle(running, home / "out")
+    finally:
+        done.set()
+        watchdog.join()
+        stop_farm(running)
+
+
+def test_the_post_worker_killed_mid_ffmpeg_loses_nothing(farm: FarmHandle, sample_path: Path) -> None:
+    run_id, plan = farm.submit(sample_path)
+    encoding = {s.id for s in plan.steps if s.kind.value in ENCODING_KINDS}
+    deadline = time.monotonic() + 180
+    while not any(farm.runs.states(run_id).get(s) == "running" for s in encoding):
+        assert time.monotonic() < deadline, "no encoding step started"
+        time.sleep(0.05)
+    worker = farm.farm.workers["post"]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    assert farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(farm.runs, run_id).failures
+    assert max(farm.runs.deliveries(run_id).values()) >= 2, "a step the kill interrupted ran again"
+    folder = Path(farm.runs.meta(run_id)["output_dir"])
+    for step in plan.steps:
+        if step.kind.value in ENCODING_KINDS:
+            for name in step.outputs:
+                clip = probe(folder / name)
+                assert clip.codec == "h264" and clip.frames > 0, name
+    assert not list(folder.rglob("*.partial")), "no half-written output"
