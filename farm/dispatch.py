@@ -169,10 +169,8 @@ def resend_unsent(runs: RunStore, sender: Sender, scheduler: Scheduler | None = 
     once, and paid steps resume their stored request."""
     sched = scheduler or Scheduler(runs.r)
     count = 0
-    for run_id in runs.runs(200):
-        meta = runs.meta(run_id)
-        if meta.get("status") == "running":
-            count += resend_outbox(runs, sender, sched, run_id, meta, runs.outbox(run_id))
+    for run_id, meta in runs.running():
+        count += resend_outbox(runs, sender, sched, run_id, meta, runs.outbox(run_id))
     return count
 
 

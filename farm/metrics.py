@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from farm.autoscaler import last_decisions
 from farm.backlog import read_backlogs
 from farm.pod_registry import PodRegistry
+from farm.redis_values import as_text
 
 STEPS_KEY = "farm:metrics:steps"
 RETRIES_KEY = "farm:metrics:retries"
@@ -160,11 +161,7 @@ def serve_metrics(
 
 
 def _hash(client: redis.Redis, key: str) -> list[tuple[str, str]]:
-    return [(_text(k), _text(v)) for k, v in client.hgetall(key).items()]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return [(as_text(k), as_text(v)) for k, v in client.hgetall(key).items()]
 
 
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from farm.redis_values import as_text, as_texts
+
 PODS_KEY = "farm:pods"
 RUN_POD_TTL_S = 24 * 3600
 """How long the pool remembers which pod holds a step's ComfyUI run (longer than any redelivery)."""
@@ -188,7 +190,7 @@ class PodRegistry:
 
     def run_pod(self, step_id: str) -> str | None:
         raw = self.r.get(f"farm:pod-run:{step_id}")
-        return _text(raw) if raw is not None else None
+        return as_text(raw) if raw is not None else None
 
     def forget_run(self, step_id: str) -> None:
         self.r.delete(f"farm:pod-run:{step_id}")
@@ -198,11 +200,11 @@ class PodRegistry:
         raw = self.r.hgetall(self.key(pod_id))
         if not raw:
             return None
-        holders = tuple(_text(h) for h in self.r.mget(self._slot_keys(pod_id, MAX_SLOTS)) if h is not None)
-        return _record(pod_id, {_text(k): _text(v) for k, v in raw.items()}, holders)
+        holders = tuple(as_text(h) for h in self.r.mget(self._slot_keys(pod_id, MAX_SLOTS)) if h is not None)
+        return _record(pod_id, as_texts(raw), holders)
 
     def pods(self) -> list[PodRecord]:
-        records = [self.get(_text(p)) for p in sorted(self.r.smembers(PODS_KEY))]
+        records = [self.get(as_text(p)) for p in sorted(self.r.smembers(PODS_KEY))]
         return [r for r in records if r is not None]
 
     def candidates(self, family: str) -> list[PodRecord]:
@@ -242,10 +244,6 @@ def _record(pod_id: str, h: dict[str, str], holders: tuple[str, ...]) -> PodReco
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RegistryKnownHosts:
     """Pinned SSH host keys kept with each pod's record, so every GPU worker on every machine agrees."""
 
@@ -254,7 +252,7 @@ class RegistryKnownHosts:
 
     def get(self, pod_id: str) -> str | None:
         raw = self.registry.r.hget(self.registry.key(pod_id), "host_key")
-        return _text(raw) if raw is not None else None
+        return as_text(raw) if raw is not None else None
 
     def pin(self, pod_id: str, key: str) -> None:
         self.registry.r.hset(self.registry.key(pod_id), "host_key", key)

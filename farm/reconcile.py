@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from farm.dispatch import Sender, resend_outbox, task_id
+from farm.redis_values import as_text
 from farm.routing import QUEUES, step_queue
 from farm.scheduler import SEPARATOR, Scheduler, member
 from farm.state import RunStore
@@ -76,7 +77,7 @@ def reconcile(
     `grace_s` or more earlier saw it the same way: a live dispatcher's send takes a moment too."""
     moment = time.time() if now is None else now
     present = broker_task_ids(runs.r)
-    seen = {_text(k): float(v) for k, v in runs.r.hgetall(MISSING_KEY).items()}
+    seen = {as_text(k): float(v) for k, v in runs.r.hgetall(MISSING_KEY).items()}
     pending: dict[str, float] = {}
 
     def overdue(key: str) -> bool:
@@ -87,10 +88,7 @@ def reconcile(
         return False
 
     from_outbox = resent = 0
-    for run_id in runs.runs(200):
-        meta = runs.meta(run_id)
-        if meta.get("status") != "running":
-            continue
+    for run_id, meta in runs.running():
         states = runs.states(run_id)  # first: a step sent after this read is in none of the reads below
         outbox = runs.outbox(run_id)
         stale = [s for s in outbox if overdue(f"outbox{SEPARATOR}{member(run_id, s)}")]
@@ -113,10 +111,6 @@ def reconcile(
     pipe.execute()
     missing = sum(1 for k in pending if not k.startswith("outbox"))
     return Reconciled(from_outbox, missing, resent)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:

@@ -37,6 +37,7 @@ import redis
 from farm import pipelines
 from farm.estimate import remaining_path_s
 from farm.plan import Plan, Step
+from farm.redis_values import as_text, as_texts
 
 RUNS_KEY = "farm:runs"
 SETTLED = ("done", "cached")
@@ -396,7 +397,7 @@ class RunStore:
 
         started, meta, overrides, raw = pipelines.run(self.r, build, [self._begin])
         steps = {step_id: Step.model_validate_json(raw[0])} if raw[0] is not None else {}
-        return Claim(int(started), ReleaseReads(_texts(meta), _texts(overrides), {}, steps))
+        return Claim(int(started), ReleaseReads(as_texts(meta), as_texts(overrides), {}, steps))
 
     def complete(
         self, run_id: str, step_id: str, *, cached: bool = False, info: Mapping[str, Any] | None = None
@@ -414,13 +415,13 @@ class RunStore:
             self._queue_run_reads(pipe, run_id)
 
         *_, reply, meta, overrides = pipelines.run(self.r, build, [self._complete])
-        head = _text(reply[0])
+        head = as_text(reply[0])
         if head == "-":
             return Completion([], "", duplicate=True)
-        released = [_text(x) for x in reply[1]]
+        released = [as_text(x) for x in reply[1]]
         steps = {s: Step.model_validate_json(raw) for s, raw in zip(released, reply[2], strict=True)}
         remaining = {s: float(v) for s, v in zip(released, reply[3], strict=True) if v is not None}
-        reads = ReleaseReads(_texts(meta), _texts(overrides), remaining, steps)
+        reads = ReleaseReads(as_texts(meta), as_texts(overrides), remaining, steps)
         return Completion(released, head, reads=reads)
 
     def _queue_run_reads(self, pipe: Any, run_id: str) -> None:
@@ -431,16 +432,16 @@ class RunStore:
         """Mark the step failed with a reason; return the run outcome if this settled the run."""
         self.set_info(run_id, step_id, error=reason)
         keys = [self.key(run_id, "state"), self.key(run_id), self.key(run_id, "gated")]
-        outcome = _text(self._fail(keys=keys, args=[step_id, str(time.time())]))
+        outcome = as_text(self._fail(keys=keys, args=[step_id, str(time.time())]))
         return "" if outcome == "-" else outcome
 
     def cancel(self, run_id: str) -> tuple[list[str], str]:
         """Stop releasing; return the queued steps to revoke and the outcome if already settled."""
         keys = [self.key(run_id, "state"), self.key(run_id), self.key(run_id, "gated")]
         reply = self._cancel(keys=keys, args=[str(time.time())])
-        if _text(reply[0]) == "-":
+        if as_text(reply[0]) == "-":
             return [], ""
-        return [_text(x) for x in reply[1:]], _text(reply[0])
+        return [as_text(x) for x in reply[1:]], as_text(reply[0])
 
     def approve(self, run_id: str, step_ids: Collection[str]) -> Completion:
         """Un-gate steps: those already held are queued now (send them), the others run when ready."""
@@ -451,10 +452,10 @@ class RunStore:
             self.key(run_id, "outbox"),
         ]
         reply = self._approve(keys=keys, args=[str(time.time()), *step_ids])
-        head = _text(reply[0])
+        head = as_text(reply[0])
         if head == "-":
             return Completion([], "", duplicate=True)
-        return Completion([_text(x) for x in reply[1:]], head)
+        return Completion([as_text(x) for x in reply[1:]], head)
 
     def extend(self, run_id: str, change: Extension) -> Completion:
         """Switch the run to a new plan in one step: steps it no longer has are superseded (a queued one is
@@ -477,34 +478,34 @@ class RunStore:
                 self.key(run_id, "remaining"), mapping={k: str(v) for k, v in change.remaining.items()}
             )
         reply = self._extend(keys=keys, args=[str(time.time()), json.dumps(doc)])
-        head = _text(reply[0])
+        head = as_text(reply[0])
         if head == "-":
             return Completion([], "", duplicate=True)
-        return Completion([_text(x) for x in reply[1:]], head)
+        return Completion([as_text(x) for x in reply[1:]], head)
 
     def source(self, run_id: str) -> dict[str, str]:
         """The storyboard and registry documents (JSON text) the run's current plan was built from."""
-        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "source")).items()}
+        return as_texts(self.r.hgetall(self.key(run_id, "source")))
 
     def gated(self, run_id: str) -> set[str]:
-        return {_text(s) for s in self.r.smembers(self.key(run_id, "gated"))}
+        return {as_text(s) for s in self.r.smembers(self.key(run_id, "gated"))}
 
     def mark_review(self, run_id: str, shot: int, decision: str) -> None:
         """A reviewer's decision on a shot: needs_review, approved or retake."""
         self.r.hset(self.key(run_id, "review"), str(shot), decision)
 
     def reviews(self, run_id: str) -> dict[int, str]:
-        return {int(_text(k)): _text(v) for k, v in self.r.hgetall(self.key(run_id, "review")).items()}
+        return {int(as_text(k)): as_text(v) for k, v in self.r.hgetall(self.key(run_id, "review")).items()}
 
     def takes(self, run_id: str) -> dict[int, int]:
         """Each retaken shot's current take; a shot that is not here is on its first take."""
-        return {int(_text(k)): int(v) for k, v in self.r.hgetall(self.key(run_id, "takes")).items()}
+        return {int(as_text(k)): int(v) for k, v in self.r.hgetall(self.key(run_id, "takes")).items()}
 
     def history(self, run_id: str) -> list[Step]:
         """Steps of earlier takes that a retake replaced, oldest first (once each, and none that a later
         retake brought back)."""
-        current = {_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)}
-        replaced = [_text(i) for i in self.r.lrange(self.key(run_id, "history"), 0, -1)]
+        current = {as_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)}
+        replaced = [as_text(i) for i in self.r.lrange(self.key(run_id, "history"), 0, -1)]
         ids = [i for i in dict.fromkeys(replaced) if i not in current]
         raw = self.r.hmget(self.key(run_id, "steps"), ids) if ids else []
         return [Step.model_validate_json(blob) for blob in raw if blob is not None]
@@ -524,7 +525,7 @@ class RunStore:
         steps = {}
         if len(rest) > 1:
             steps = {s: Step.model_validate_json(raw) for s, raw in zip(step_ids, rest[1], strict=True)}
-        return ReleaseReads(_texts(meta), _texts(overrides), remaining, steps)
+        return ReleaseReads(as_texts(meta), as_texts(overrides), remaining, steps)
 
     def set_infos(
         self, run_id: str, fields_by_step: Mapping[str, Mapping[str, Any]], *, pipe: Any = None
@@ -558,7 +559,7 @@ class RunStore:
 
     def outbox(self, run_id: str) -> list[str]:
         """Steps released but whose message may never have been sent (the releasing worker died)."""
-        return sorted(_text(s) for s in self.r.smembers(self.key(run_id, "outbox")))
+        return sorted(as_text(s) for s in self.r.smembers(self.key(run_id, "outbox")))
 
     def requeue(self, run_id: str, step_id: str) -> bool:
         """Back to queued for a deliberate retry; the start it used does not count as a worker death."""
@@ -570,7 +571,7 @@ class RunStore:
         self.r.hset(self.key(run_id, "backend"), step_id, backend)
 
     def backend_overrides(self, run_id: str) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "backend")).items()}
+        return as_texts(self.r.hgetall(self.key(run_id, "backend")))
 
     def bump(self, run_id: str, step_id: str, counter: str) -> int:
         """Increment a per-step counter (retries, cap waits) and return it."""
@@ -579,7 +580,7 @@ class RunStore:
     def counters(self, run_id: str) -> dict[str, dict[str, int]]:
         grouped: dict[str, dict[str, int]] = defaultdict(dict)
         for field, value in self.r.hgetall(self.key(run_id, "counters")).items():
-            step_id, _, name = _text(field).partition(":")
+            step_id, _, name = as_text(field).partition(":")
             grouped[step_id][name] = int(value)
         return dict(grouped)
 
@@ -590,7 +591,7 @@ class RunStore:
     def info(self, run_id: str) -> dict[str, dict[str, Any]]:
         grouped: dict[str, dict[str, Any]] = defaultdict(dict)
         for field, value in self.r.hgetall(self.key(run_id, "info")).items():
-            step_id, _, name = _text(field).partition(":")
+            step_id, _, name = as_text(field).partition(":")
             grouped[step_id][name] = json.loads(value)
         return dict(grouped)
 
@@ -599,7 +600,7 @@ class RunStore:
         return bool(self.r.exists(self.key(run_id)))
 
     def meta(self, run_id: str) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id)).items()}
+        return as_texts(self.r.hgetall(self.key(run_id)))
 
     def step(self, run_id: str, step_id: str) -> Step:
         raw = self.r.hget(self.key(run_id, "steps"), step_id)
@@ -609,31 +610,28 @@ class RunStore:
 
     def steps(self, run_id: str) -> dict[str, Step]:
         """Every step of the run, in plan (dependency) order."""
-        raw = {_text(k): v for k, v in self.r.hgetall(self.key(run_id, "steps")).items()}
-        order = [_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)]
+        raw = {as_text(k): v for k, v in self.r.hgetall(self.key(run_id, "steps")).items()}
+        order = [as_text(i) for i in self.r.lrange(self.key(run_id, "order"), 0, -1)]
         return {i: Step.model_validate_json(raw[i]) for i in order}
 
     def step_ids(self, run_id: str) -> set[str]:
         """Every step the run has ever had: its current plan and the takes a retake replaced."""
-        return {_text(i) for i in self.r.hkeys(self.key(run_id, "steps"))}
+        return {as_text(i) for i in self.r.hkeys(self.key(run_id, "steps"))}
 
     def states(self, run_id: str) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.r.hgetall(self.key(run_id, "state")).items()}
+        return as_texts(self.r.hgetall(self.key(run_id, "state")))
 
     def deliveries(self, run_id: str) -> dict[str, int]:
-        return {_text(k): int(v) for k, v in self.r.hgetall(self.key(run_id, "deliveries")).items()}
+        return {as_text(k): int(v) for k, v in self.r.hgetall(self.key(run_id, "deliveries")).items()}
 
     def runs(self, limit: int = 50) -> list[str]:
-        return [_text(r) for r in self.r.zrevrange(RUNS_KEY, 0, limit - 1)]
+        return [as_text(r) for r in self.r.zrevrange(RUNS_KEY, 0, limit - 1)]
+
+    def running(self, limit: int = 200) -> list[tuple[str, dict[str, str]]]:
+        """The runs still running among the newest `limit`, with their metadata (what recovery walks)."""
+        found = [(run_id, self.meta(run_id)) for run_id in self.runs(limit)]
+        return [(run_id, meta) for run_id, meta in found if meta.get("status") == "running"]
 
 
 def _info_fields(step_id: str, fields: Mapping[str, Any]) -> dict[Any, Any]:
     return {f"{step_id}:{k}": json.dumps(v) for k, v in fields.items()}
-
-
-def _texts(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
