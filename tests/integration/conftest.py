@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,19 @@ def assert_secret_appears_nowhere(handle: FarmHandle, secret: str) -> None:
         assert secret not in manifest.read_text(), manifest
 
 
-def supervise(farm: Farm, done: threading.Event) -> None:
+@contextmanager
+def supervised(farm: Farm) -> Iterator[None]:
     """What `farm up` does between Ctrl-Cs, for a test's farm: start again a worker that exited."""
-    while not done.wait(0.5):
-        restart_exited_workers(farm)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            restart_exited_workers(farm)
+
+    watchdog = threading.Thread(target=watch, name="test-supervisor", daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watchdog.join()

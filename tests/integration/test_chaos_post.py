@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, stop_farm
-from tests.integration.conftest import FarmHandle, supervise
+from tests.integration.conftest import FarmHandle, supervised
 from workers.media import probe
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -37,14 +36,10 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
         running = start_farm(
             Settings(), queues=("post",), flower=False, redis_port=free_port(), private_dir=home / "p"
         )
-    done = threading.Event()
-    watchdog = threading.Thread(target=supervise, args=(running, done), daemon=True)
-    watchdog.start()
     try:
-        yield FarmHandle(running, home / "out")
+        with supervised(running):
+            yield FarmHandle(running, home / "out")
     finally:
-        done.set()
-        watchdog.join()
         stop_farm(running)
 
 

@@ -9,34 +9,28 @@ the way `farm up` does (`restart_exited_workers`).
 
 from __future__ import annotations
 
-import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 from farm.progress import snapshot
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
 from tests.conftest import Doc
-from tests.integration.conftest import supervise
+from tests.integration.conftest import supervised
 from tests.integration.test_fal_farm import (
     FalFarm,
     assert_one_submit_per_paid_step,
+    running_fal_farm,
     unconfirmed_submits,
     variant,
     write_episode,
 )
-from workers.emulators.fal_server import FalEmulator
 from workers.media import probe
 
 pytestmark = pytest.mark.chaos
 
-FAL_KEY = "fal-chaos-key-0d15ea5e-not-real"
 BROKER_KEYS = ("cloud", "post", "gpu", "unacked", "unacked_index")
 """Celery's queues and kombu's record of delivered, unacknowledged messages."""
 
@@ -44,32 +38,9 @@ BROKER_KEYS = ("cloud", "post", "gpu", "unacked", "unacked_index")
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
     home = tmp_path_factory.mktemp("chaos-home")
-    emulator = FalEmulator(latency_scale=0.05, key=FAL_KEY).start()
-    env = {
-        "FARM_HOME": str(home),
-        "FAL_KEY": FAL_KEY,
-        "FARM_FAL_URL": emulator.url,
-        "FARM_ENGINE": "fal",
-        "FARM_TIME_LIMIT_SCALE": "0.02",
-        "FARM_FAL_POLL_INTERVAL_S": "0.1",
-        "FARM_FAL_MAX_IN_FLIGHT": "6",
-        "FARM_RECONCILE_EVERY_S": "1",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    with mock.patch.dict(os.environ, env):
-        running = start_farm(
-            Settings(), queues=("cloud", "post"), flower=False, redis_port=free_port(), private_dir=home / "p"
-        )
-    done = threading.Event()
-    watchdog = threading.Thread(target=supervise, args=(running, done), daemon=True)
-    watchdog.start()
-    try:
-        yield FalFarm(running, home / "out", "fal", emulator=emulator)
-    finally:
-        done.set()
-        watchdog.join()
-        stop_farm(running)
-        emulator.stop()
+    fast_reconcile = {"FARM_RECONCILE_EVERY_S": "1"}
+    with running_fal_farm(home, latency_scale=0.05, env=fast_reconcile) as running, supervised(running.farm):
+        yield running
 
 
 def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(

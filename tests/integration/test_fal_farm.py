@@ -12,7 +12,8 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -38,11 +39,14 @@ class FalFarm(FarmHandle):
     emulator: FalEmulator = field(kw_only=True)
 
 
-@pytest.fixture(scope="module")
-def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
-    home = tmp_path_factory.mktemp("fal-home")
-    emulator = FalEmulator(latency_scale=0.01, key=FAKE_FAL_SECRET).start()
-    env = {
+@contextmanager
+def running_fal_farm(
+    home: Path, *, latency_scale: float = 0.01, env: Mapping[str, str] | None = None
+) -> Iterator[FalFarm]:
+    """A cloud and post farm on a fresh fal emulator (its latencies x `latency_scale`), with the fake key;
+    `env` adds or overrides farm settings."""
+    emulator = FalEmulator(latency_scale=latency_scale, key=FAKE_FAL_SECRET).start()
+    settings_env = {
         "FARM_HOME": str(home),
         "FAL_KEY": FAKE_FAL_SECRET,
         "FARM_FAL_URL": emulator.url,
@@ -51,20 +55,31 @@ def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
         "FARM_FAL_POLL_INTERVAL_S": "0.1",
         "FARM_FAL_MAX_IN_FLIGHT": "6",
         "NO_PROXY": "127.0.0.1,localhost",
+        **(env or {}),
     }
-    with mock.patch.dict(os.environ, env):
-        farm = start_farm(
-            Settings(),
-            queues=("cloud", "post"),
-            flower=False,
-            redis_port=free_port(),
-            private_dir=home / "private",
-        )
+    try:
+        with mock.patch.dict(os.environ, settings_env):
+            farm = start_farm(
+                Settings(),
+                queues=("cloud", "post"),
+                flower=False,
+                redis_port=free_port(),
+                private_dir=home / "private",
+            )
+    except BaseException:
+        emulator.stop()
+        raise
     try:
         yield FalFarm(farm, home / "out", "fal", emulator=emulator)
     finally:
         stop_farm(farm)
         emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def fal_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
+    with running_fal_farm(tmp_path_factory.mktemp("fal-home")) as farm:
+        yield farm
 
 
 def write_episode(folder: Path, storyboard: Doc, registry: Doc) -> Path:
