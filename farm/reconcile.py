@@ -87,6 +87,7 @@ def reconcile(
         pending[key] = first
         return False
 
+    waiting = scheduler.ready_members()  # a step offered after this read is in its outbox, skipped below
     from_outbox = resent = 0
     for run_id, meta in runs.running():
         states = runs.states(run_id)  # first: a step sent after this read is in none of the reads below
@@ -94,12 +95,12 @@ def reconcile(
         stale = [s for s in outbox if overdue(f"outbox{SEPARATOR}{member(run_id, s)}")]
         if stale:
             from_outbox += resend_outbox(runs, sender, scheduler, run_id, meta, stale)
-        waiting = {s for steps in scheduler.waiting_of(run_id).values() for s in steps}
         overrides = runs.backend_overrides(run_id)
         for step_id, state in states.items():
-            if state not in LIVE_STATES or step_id in outbox or step_id in waiting:
+            key = member(run_id, step_id)
+            if state not in LIVE_STATES or step_id in outbox or key in waiting:
                 continue
-            if task_id(run_id, step_id) in present or not overdue(member(run_id, step_id)):
+            if task_id(run_id, step_id) in present or not overdue(key):
                 continue
             step = runs.step(run_id, step_id)
             sender.send(run_id, step, step_queue(step.kind, meta["backend"], overrides.get(step_id)))

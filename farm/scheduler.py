@@ -30,6 +30,7 @@ from typing import Any, Literal
 import redis
 
 from farm import pipelines
+from farm.redis_values import as_text
 from farm.routing import QUEUES
 
 Order = Literal["critical_path", "fifo"]
@@ -307,6 +308,13 @@ class Scheduler:
             if steps:
                 found[queue] = steps
         return found
+
+    def ready_members(self) -> set[str]:
+        """Every step waiting in any ready set, as `member(run id, step id)`, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zrange(self.ready_key(queue), 0, -1)
+        return {as_text(raw) for members in pipe.execute() for raw in members}
 
     def rerank(self, run_id: str, entries: Sequence[Ready], ready_at: dict[str, float]) -> None:
         """Score waiting steps again (a new priority), as if offered when they first became ready."""
