@@ -14,7 +14,9 @@ from farm.validation_errors import problems_from
 MAX_PROMPT_CHARS = 4000
 """The longest engine window is ~170 words; a prompt past a few thousand characters is a paste accident."""
 MAX_SHOTS = 500
-SAFE_TOKEN = r"^[A-Za-z0-9_-]+$"
+SAFE_TOKEN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+"""Names that end up in file names: no separators, dots or spaces, and no leading '-' (read as an option
+by whatever command line a deliverable is later handed to)."""
 
 ShortToken = Annotated[str, StringConstraints(pattern=SAFE_TOKEN, min_length=1, max_length=16)]
 NameToken = Annotated[str, StringConstraints(pattern=SAFE_TOKEN, min_length=1, max_length=64)]

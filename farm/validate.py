@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from farm.storyboard import ParsedStoryboard, Shot, Storyboard, parse_storyboard
 
 REGISTRY_FILE_NAME = "lora_registry.json"
 IMAGE_PROMPTS: tuple[PromptField, ...] = ("first_frame", "last_frame", "hero_frame", "triptych_prompt")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""Control characters a prompt never needs (newline, tab and carriage return are prose)."""
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What a title cannot hold: it is one line in tables, file metadata and page headings."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def _storyboard_rules(parsed: ParsedStoryboard, file: str) -> Iterator[Problem]:
     yield from _unique(parsed, file, "shot", "shot number")
     yield from _unique(parsed, file, "asset_name", "asset name")
     yield from _required_prompts(parsed, file)
+    yield from _plain_text(parsed, file)
     yield from _continuity(parsed, file)
 
 
@@ -145,6 +151,24 @@ def _required_prompts(parsed: ParsedStoryboard, file: str) -> Iterator[Problem]:
                     f"shots[{i}].{name}",
                     "nothing is left after stripping VFX language; describe the frame itself "
                     "(effects belong in motion_prompt)",
+                )
+
+
+def _plain_text(parsed: ParsedStoryboard, file: str) -> Iterator[Problem]:
+    """The title and prompts reach terminals, HTML pages, manifests and engines: an escape sequence or a
+    NUL in them is an accident (or an attack), never part of an episode."""
+    title = parsed.header.title if parsed.header is not None else ""
+    if _NOT_ONE_LINE.search(title):
+        yield Problem(file, "title", f"{title[:60]!r}: one line of text, no control characters")
+    for i, shot in parsed.shots:
+        for name in (*IMAGE_PROMPTS, "motion_prompt"):
+            text = getattr(shot, name)
+            if isinstance(text, str) and (found := _CONTROL.search(text)) is not None:
+                yield Problem(
+                    file,
+                    f"shots[{i}].{name}",
+                    f"control character {found.group()!r} at character {found.start()}: "
+                    "prompts are plain text (newlines and tabs are fine)",
                 )
 
 
