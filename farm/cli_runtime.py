@@ -25,7 +25,7 @@ RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_de
 
 def connect(settings: Settings) -> tuple[RunStore, Sender]:
     """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
-    from tasks.app import broker_url, make_app
+    from tasks.app import broker_url, make_app, signing_of
     from tasks.sender import CelerySender
 
     url = broker_url(settings)
@@ -35,7 +35,7 @@ def connect(settings: Settings) -> tuple[RunStore, Sender]:
             file=sys.stderr,
         )
         raise typer.Exit(FAILED)
-    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url))
+    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url, signing=signing_of(settings)))
 
 
 def safe_url(url: str) -> str:

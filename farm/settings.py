@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +90,34 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 2
     max_deliveries: int = 3
     """A step whose worker dies this many times fails instead of being requeued forever."""
+    signing_key: Path | None = None
+    """RSA private key (PEM) this process signs its Celery messages with. Set with the next two, every farm
+    process signs what it sends and accepts only messages signed by a certificate in the store."""
+    signing_cert: Path | None = None
+    """The X.509 certificate (PEM) of `signing_key`; it must be in the store too, or the farm could not
+    read its own messages."""
+    signing_cert_store: Path | None = None
+    """A directory (or a glob) of the certificates whose signatures this process accepts."""
+
+    @model_validator(mode="after")
+    def _signing_all_or_none(self) -> Self:
+        """Half a signing setup would leave the farm's processes unable to read each other's messages."""
+        given = {
+            "FARM_SIGNING_KEY": self.signing_key,
+            "FARM_SIGNING_CERT": self.signing_cert,
+            "FARM_SIGNING_CERT_STORE": self.signing_cert_store,
+        }
+        missing = [name for name, path in given.items() if path is None]
+        if missing and len(missing) < len(given):
+            raise ValueError(
+                "FARM_SIGNING_KEY, FARM_SIGNING_CERT and FARM_SIGNING_CERT_STORE go together: set all three "
+                f"or none (missing: {', '.join(missing)})"
+            )
+        for name, path in given.items():
+            if path is not None and not (path.exists() or (name.endswith("STORE") and glob.glob(str(path)))):
+                raise ValueError(f"{name}: no such file or directory: {path}")
+        return self
+
     reconcile_every_s: float = Field(default=30.0, gt=0)
     """How often one worker looks for steps whose Celery message is lost (`farm.reconcile`); a step found
     missing is sent again by the next pass that still finds it missing."""

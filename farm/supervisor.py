@@ -163,7 +163,19 @@ def _broker(farm: Farm, port: int, data_dir: Path) -> str:
 def _child_env(settings: Settings, broker_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"FARM_REDIS_URL": broker_url, "FARM_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"})
+    env.update(_signing_env(settings))
     return env
+
+
+def _signing_env(settings: Settings) -> dict[str, str]:
+    """This farm's message-signing paths for its children (workers and Flower sign and verify as it does),
+    also when they were given to it as settings rather than in the environment."""
+    paths = {
+        "FARM_SIGNING_KEY": settings.signing_key,
+        "FARM_SIGNING_CERT": settings.signing_cert,
+        "FARM_SIGNING_CERT_STORE": settings.signing_cert_store,
+    }
+    return {name: str(path) for name, path in paths.items() if path is not None}
 
 
 def _die_with_parent() -> None:

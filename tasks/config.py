@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from farm.plan import StepKind
@@ -73,4 +75,28 @@ def celery_config(broker_url: str, time_limit_scale: float = 1.0) -> dict[str, A
             task_name(kind): {"soft_time_limit": soft, "time_limit": hard}
             for kind, (soft, hard) in limits.items()
         },
+    }
+
+
+@dataclass(frozen=True)
+class Signing:
+    """Where a signing farm process finds its private key, its certificate and the certificates it trusts."""
+
+    key: Path
+    cert: Path
+    cert_store: Path
+
+
+def signing_config(signing: Signing) -> dict[str, Any]:
+    """Celery's `auth` serializer for tasks and remote control: every message is signed by its sender and
+    refused unless its signature verifies against a certificate in the store. Events stay JSON: Flower's
+    event receiver accepts JSON whatever is configured, so signing them would only cost time. Results are
+    ignored (`task_ignore_result`), so their JSON-only setting stays."""
+    return {
+        "task_serializer": "auth",
+        "accept_content": ["auth"],
+        "security_key": str(signing.key),
+        "security_certificate": str(signing.cert),
+        "security_cert_store": str(signing.cert_store),
+        "security_digest": "sha256",
     }

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from celery.exceptions import ImproperlyConfigured
+from pydantic import ValidationError
+
 from farm.plan import StepKind
 from farm.routing import QUEUES, ROUTES, queue_for
-from tasks.config import TIME_LIMITS_S, VISIBILITY_TIMEOUT_S, celery_config, task_name
+from farm.settings import Settings
+from tasks.app import require_own_cert_trusted, signing_of
+from tasks.config import (
+    TIME_LIMITS_S,
+    VISIBILITY_TIMEOUT_S,
+    Signing,
+    celery_config,
+    signing_config,
+    task_name,
+)
+from tests.signing_keys import make_signing_pair
 
 
 def test_only_json_is_accepted() -> None:
@@ -37,3 +53,35 @@ def test_routing_table_covers_every_kind_and_backend() -> None:
     for backend in ("local", "fal", "comfyui"):
         for kind in (StepKind.SPLIT, StepKind.KEN_BURNS, StepKind.HOLD, StepKind.CONCAT):
             assert queue_for(kind, backend) == "post"
+
+
+def test_signing_signs_tasks_and_control_and_accepts_only_signed(tmp_path: Path) -> None:
+    conf = {**celery_config("redis://127.0.0.1:1/0"), **signing_config(Signing(tmp_path, tmp_path, tmp_path))}
+    assert conf["task_serializer"] == "auth" and conf["accept_content"] == ["auth"]
+    assert conf["security_digest"] == "sha256"
+    assert conf["event_serializer"] == "json" and conf["result_accept_content"] == ["json"]
+
+
+def test_signing_settings_come_all_three_or_not_at_all(tmp_path: Path) -> None:
+    key, cert = make_signing_pair(tmp_path, "farm")
+    with pytest.raises(ValidationError, match=r"set all three or none \(missing: FARM_SIGNING_CERT_STORE\)"):
+        Settings(home=tmp_path, signing_key=key, signing_cert=cert)
+    with pytest.raises(ValidationError, match="FARM_SIGNING_CERT_STORE: no such file or directory"):
+        Settings(home=tmp_path, signing_key=key, signing_cert=cert, signing_cert_store=tmp_path / "nope")
+    assert signing_of(Settings(home=tmp_path)) is None
+    both = Settings(home=tmp_path, signing_key=key, signing_cert=cert, signing_cert_store=tmp_path / "*.pem")
+    assert signing_of(both) == Signing(key, cert, tmp_path / "*.pem")
+
+
+def test_a_farm_whose_certificate_is_not_in_its_store_is_refused_at_start(tmp_path: Path) -> None:
+    key, cert = make_signing_pair(tmp_path / "farm", "farm")
+    _, other = make_signing_pair(tmp_path / "other", "other")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "other.pem").write_bytes(other.read_bytes())
+    with pytest.raises(ImproperlyConfigured, match="could not read its own messages"):
+        require_own_cert_trusted(Signing(key, cert, store))
+    with pytest.raises(ImproperlyConfigured, match="Invalid certificate"):
+        require_own_cert_trusted(Signing(key, cert, tmp_path / "farm"))  # holds the key file too
+    (store / "farm.pem").write_bytes(cert.read_bytes())
+    require_own_cert_trusted(Signing(key, cert, store))

@@ -22,7 +22,7 @@ from farm.retake import run_source
 from farm.state import RunStore
 from farm.supervisor import Farm, free_port, restart_exited_workers
 from farm.validate import load_episode
-from tasks.app import make_app
+from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
 
 
@@ -74,7 +74,7 @@ class FarmHandle:
     def __post_init__(self) -> None:
         self.redis = redis.Redis.from_url(self.farm.broker_url)
         self.runs = RunStore(self.redis)
-        self.sender = CelerySender(make_app(self.farm.broker_url))
+        self.sender = CelerySender(make_app(self.farm.broker_url, signing=signing_of(self.farm.settings)))
 
     def submit(self, storyboard: Path) -> tuple[str, Plan]:
         episode = load_episode(storyboard)
