@@ -18,8 +18,11 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     """Where the farm keeps its state, how it reaches Redis and storage, and how its pools are sized."""
 
-    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", env_ignore_empty=True)
-    """An empty variable (`FAL_KEY=` in an env file) counts as unset, not as an empty secret."""
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_", extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
+    """An empty variable (`FAL_KEY=` in an env file) counts as unset, not as an empty secret. Errors name
+    the setting but never quote the input: a whole-settings check would otherwise print every key given."""
 
     home: Path = Field(default_factory=_default_home)
     """Redis data and AOF, the local artifact store, Flower credentials and pid files live here."""

@@ -17,6 +17,7 @@ from farm.artifacts import input_index, output_key, output_keys
 from farm.dispatch import step_ended
 from farm.manifest import write_manifest
 from farm.plan import Step
+from farm.redaction import scrubbed, secret_values
 from farm.routing import backend_for, queue_for
 from farm.state import Completion, RunStore
 from tasks.context import WorkerContext
@@ -170,7 +171,8 @@ def produce(
             step.operation,
             report=LiveProgress(ctx.runs, run_id, step.id),
         )
-        result = engine.run(job)
+        with scrubbed(secret_values(ctx.settings)):  # a provider's error may quote what it was sent
+            result = engine.run(job)
         for key, path in zip(keys, outputs, strict=True):
             if not path.is_file() or path.stat().st_size == 0:
                 raise RuntimeError(f"engine {engine.name} did not write {step.outputs[outputs.index(path)]}")

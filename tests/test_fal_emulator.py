@@ -303,6 +303,15 @@ def test_content_policy_is_a_422_after_completion(client: fal_client.SyncClient)
     assert details[0]["type"] == "content_policy_violation" and details[0]["loc"] == ["body", "prompt"]
 
 
+def test_echo_headers_keyword_refuses_the_submit_quoting_its_authorization(
+    client: fal_client.SyncClient, emu: FalEmulator
+) -> None:
+    with pytest.raises(fal_client.FalClientHTTPError) as exc:
+        client.submit(Z_IMAGE, {"prompt": "ECHOHEADERS a scene", "image_size": SMALL})
+    assert exc.value.status_code == 400 and f"Key {KEY}" in str(exc.value)
+    assert emu.ledger() == [], "nothing was accepted, nothing is paid for"
+
+
 def test_nsfw_keyword_flags_the_image(client: fal_client.SyncClient) -> None:
     result = run(client, FLUX2, {"prompt": "NSFWFLAG beach", "image_size": SMALL, "num_images": 2})
     assert result["has_nsfw_concepts"] == [True, True] and len(result["images"]) == 2

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -18,9 +20,10 @@ from farm.artifacts import namespace_for
 from farm.plan import Plan, build_plan
 from farm.progress import snapshot
 from farm.redis_server import RedisServer
+from farm.redis_values import as_text
 from farm.retake import run_source
 from farm.state import RunStore
-from farm.supervisor import Farm, free_port, restart_exited_workers
+from farm.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers
 from farm.validate import load_episode
 from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
@@ -99,15 +102,76 @@ class FarmHandle:
         return progress.status
 
 
-def assert_secret_appears_nowhere(handle: FarmHandle, secret: str) -> None:
-    """No log of the farm's processes, no Redis value (queues, task messages, run state) and no manifest
-    holds `secret`."""
+def flower_views(access: FlowerAccess, timeout_s: float = 30) -> dict[str, bytes]:
+    """What Flower's API serves, by path: the task list, every task's info (arguments, result, exception,
+    traceback) and the workers (stats, queues, configuration), asked of the workers until they answer."""
+    with httpx.Client(base_url=access.url, auth=(access.user, access.password), timeout=30) as client:
+        tasks = client.get("/api/tasks")
+        tasks.raise_for_status()
+        views = {"/api/tasks": tasks.content}
+        for task_id in tasks.json():
+            info = client.get(f"/api/task/info/{task_id}")
+            info.raise_for_status()
+            views[f"/api/task/info/{task_id}"] = info.content
+        deadline = time.monotonic() + timeout_s
+        while not (workers := client.get("/api/workers", params={"refresh": "1"})).json():
+            assert time.monotonic() < deadline, "Flower's /api/workers never listed a worker"
+            time.sleep(0.5)
+        views["/api/workers"] = workers.content
+    return views
+
+
+def redis_value(r: redis.Redis, key: bytes) -> bytes:
+    """A key's whole value, read by its type. Not DUMP: Redis compresses (LZF) what DUMP returns, so a
+    secret inside a hash or a long string would not show in it as it is."""
+    kind = as_text(r.type(key))
+    parts: list[Any]
+    if kind == "string":
+        parts = [r.get(key)]
+    elif kind == "hash":
+        parts = [item for pair in r.hgetall(key).items() for item in pair]
+    elif kind == "list":
+        parts = r.lrange(key, 0, -1)
+    elif kind == "set":
+        parts = list(r.smembers(key))
+    elif kind == "zset":
+        parts = r.zrange(key, 0, -1)
+    elif kind == "stream":
+        parts = [repr(entry).encode() for entry in r.xrange(key) or []]
+    else:
+        raise AssertionError(f"{key!r} is a {kind}: read it here")
+    return b"\x00".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)
+
+
+def farm_contents(
+    handle: FarmHandle, flower: FlowerAccess | None = None, shown: Mapping[str, str] | None = None
+) -> Iterator[tuple[object, bytes]]:
+    """(where, bytes) for everything a farm wrote or shows: its processes' logs, every Redis value (queues,
+    task messages, results, run state), its files (deliverables, manifests, the local artifact store),
+    with `flower` what Flower's API serves, and `shown` (command -> what it printed)."""
     for log in handle.farm.log_dir.glob("*.log"):
-        assert secret not in log.read_text(errors="replace"), log
-    for key in handle.redis.scan_iter("*"):
-        assert secret.encode() not in (handle.redis.dump(key) or b""), (key, handle.redis.type(key))
-    for manifest in handle.out.rglob("manifest.json"):
-        assert secret not in manifest.read_text(), manifest
+        yield log, log.read_bytes()
+    for key in handle.redis.scan_iter():
+        yield key, redis_value(handle.redis, key)
+    for root in (handle.out, handle.farm.settings.artifacts_root()):
+        yield from ((path, path.read_bytes()) for path in root.rglob("*") if path.is_file())
+    if flower is not None:
+        yield from flower_views(flower).items()
+    for command, output in (shown or {}).items():
+        yield command, output.encode()
+
+
+def assert_secret_appears_nowhere(
+    handle: FarmHandle,
+    *secrets: str,
+    flower: FlowerAccess | None = None,
+    shown: Mapping[str, str] | None = None,
+) -> None:
+    """None of `secrets` is anywhere in `farm_contents`."""
+    needles = [secret.encode() for secret in secrets]
+    for where, data in farm_contents(handle, flower, shown):
+        for needle in needles:
+            assert needle not in data, f"{needle[:8]!r}... found in {where!r}"
 
 
 @contextmanager

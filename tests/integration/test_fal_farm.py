@@ -10,6 +10,8 @@ import copy
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+import httpx
 import pytest
 
 from farm import dispatch
@@ -41,10 +44,11 @@ class FalFarm(FarmHandle):
 
 @contextmanager
 def running_fal_farm(
-    home: Path, *, latency_scale: float = 0.01, env: Mapping[str, str] | None = None
+    home: Path, *, latency_scale: float = 0.01, env: Mapping[str, str] | None = None, flower: bool = False
 ) -> Iterator[FalFarm]:
     """A cloud and post farm on a fresh fal emulator (its latencies x `latency_scale`), with the fake key;
-    `env` adds or overrides farm settings."""
+    `env` adds or overrides farm settings; `flower` starts Flower too (its generated password in
+    <home>/flower.json, as `farm up` does)."""
     emulator = FalEmulator(latency_scale=latency_scale, key=FAKE_FAL_SECRET).start()
     settings_env = {
         "FARM_HOME": str(home),
@@ -55,6 +59,7 @@ def running_fal_farm(
         "FARM_FAL_POLL_INTERVAL_S": "0.1",
         "FARM_FAL_MAX_IN_FLIGHT": "6",
         "NO_PROXY": "127.0.0.1,localhost",
+        "FARM_FLOWER_PORT": str(free_port()),
         **(env or {}),
     }
     try:
@@ -62,7 +67,7 @@ def running_fal_farm(
             farm = start_farm(
                 Settings(),
                 queues=("cloud", "post"),
-                flower=False,
+                flower=flower,
                 redis_port=free_port(),
                 private_dir=home / "private",
             )
@@ -206,3 +211,50 @@ def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
 def test_the_fal_key_appears_nowhere(fal_farm: FalFarm) -> None:
     """After the runs above: logs, every Redis value, the queues and the manifests never hold the key."""
     assert_secret_appears_nowhere(fal_farm, FAKE_FAL_SECRET)
+
+
+FAKE_RUNPOD_SECRET = "runpod-test-key-7e11aced-do-not-leak"
+
+
+def test_no_secret_leaks_from_a_farm_with_flower_even_when_fal_quotes_the_key_in_an_error(
+    sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    """A farm with Flower and both providers' keys renders one shot and fails another whose fal error
+    quotes the request's headers, the fal key among them. The step's reason keeps what fal said, with the
+    key redacted; no log, Redis value, file, Flower API view or command output holds either key."""
+    doc = variant(sample_doc, "SEC")
+    shot = next(s for s in doc["shots"] if s["shot"] == 6)
+    echoed = {**shot, "shot": 7, "first_frame": f"ECHOHEADERS {shot['first_frame']}"}
+    doc["shots"] = [shot, echoed]
+    path = write_episode(tmp_path / "episode", doc, registry_doc)
+    keys = {"FAL_KEY": FAKE_FAL_SECRET, "RUNPOD_API_KEY": FAKE_RUNPOD_SECRET}
+    with running_fal_farm(tmp_path / "home", env=keys, flower=True) as farm:
+        run_id, plan = farm.submit(path)
+        assert farm.wait(run_id, timeout_s=120) == "failed"
+        failed = next(s for s in plan.steps if s.shot == 7 and s.kind.value == "t2i")
+        reason = farm.runs.info(run_id)[failed.id]["error"]
+        assert "fal rejected the request (HTTP 400)" in reason and "'Key [redacted]'" in reason, reason
+        states = farm.runs.states(run_id)
+        rendered = {step_id for step_id, state in states.items() if state == "done"}
+        assert rendered == {s.id for s in plan.steps if s.shot == 6}, "the other shot rendered, alone"
+
+        env = {**os.environ, **keys, "FARM_REDIS_URL": farm.farm.broker_url, "COLUMNS": "400"}
+        shown: dict[str, str] = {}
+        for command in (["status", run_id], ["runs"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "farm.cli", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            shown[" ".join(command)] = done.stdout + done.stderr
+        assert "Key [redacted]" in shown[f"status {run_id}"], shown
+
+        access = farm.farm.flower_access
+        assert access is not None
+        task = httpx.get(
+            f"{access.url}/api/task/info/{run_id}:{failed.id}", auth=(access.user, access.password)
+        )
+        assert task.json()["state"] == "FAILURE" and "Key [redacted]" in task.json()["exception"], task.text
+        assert_secret_appears_nowhere(farm, *keys.values(), flower=access, shown=shown)

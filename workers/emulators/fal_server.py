@@ -562,6 +562,7 @@ class FalEmulator(LoopbackEmulator):
         faults: Faults | None = None,
         content_policy_keyword: str = "FORBIDDENWORD",
         nsfw_keyword: str = "NSFWFLAG",
+        echo_headers_keyword: str = "ECHOHEADERS",
         key: str | None = None,
         port: int = 0,
         workdir: Path | None = None,
@@ -572,6 +573,9 @@ class FalEmulator(LoopbackEmulator):
         self.latency_scale = latency_scale
         self.content_policy_keyword = content_policy_keyword
         self.nsfw_keyword = nsfw_keyword
+        self.echo_headers_keyword = echo_headers_keyword
+        """A submit whose prompt holds it is refused (400) with the request's headers, its Authorization
+        among them, quoted in the error: what a misconfigured proxy or a debug error page does."""
         self.key = key
         self._workdir_arg = workdir
         self._faults = faults or Faults()
@@ -712,6 +716,8 @@ class FalEmulator(LoopbackEmulator):
             payload = None
         if not isinstance(payload, dict):
             return detail(422, "The request body must be a JSON object")
+        if self.echo_headers_keyword and self.echo_headers_keyword in str(payload.get("prompt", "")):
+            return detail(400, f"Bad request to {endpoint}; request headers: {dict(call.headers)}")
         faults = self.faults
         fault = self._draw(
             ("5xx", faults.submit_5xx_rate),
