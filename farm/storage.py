@@ -5,6 +5,10 @@ is atomic: a reader sees either no object or a complete one, never a partial fil
 file in the destination's own directory, fsynced, then `os.replace`; on S3 an object becomes visible only
 once its (possibly multipart) upload completes. Downloads land the same way on the local side.
 
+A failure that passes (a full disk, S3 throttling or a 5xx, a connection lost) raises StoreUnavailable, so
+the farm retries the step later instead of failing it; anything else (a bad key, a missing bucket, access
+denied) raises as it came.
+
 boto3 is imported lazily, inside `S3Store`, so importing the farm core stays light. Credentials come
 from boto3's normal chain (environment, shared config, instance role); nothing here logs them or puts
 them into messages.
@@ -18,6 +22,8 @@ import re
 import secrets
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,8 +33,24 @@ MAX_KEY_LENGTH = 1024
 """S3's own limit on object keys (bytes; keys here are ASCII)."""
 STORE_KINDS = ("local", "s3")
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_PASSING_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+"""S3 error codes that say "try again later" (a 5xx status says it too, whatever its code)."""
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SESSION_LOCK = threading.Lock()
 _session: Any = None
+
+
+class StoreUnavailable(OSError):
+    """The store could not take or give an object for a reason that passes: a full disk, S3 throttling or
+    a 5xx, a connection lost on the way. Worth trying again later, unlike a bad key or a missing bucket.
+    Nothing partial is left behind either way."""
+
+
+def _raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    if isinstance(exc, OSError) and not isinstance(exc, StoreUnavailable) and exc.errno in DISK_FULL:
+        raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
 
 
 def validate_key(key: str, *, what: str = "key") -> str:
@@ -105,8 +127,9 @@ def _write_atomically(final: Path, source: Path) -> None:
                 writer.flush()
                 os.fsync(writer.fileno())
         os.replace(temp, final)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        _raise_if_disk_full(exc, final)
         raise
     _fsync_dir(final.parent)
 
@@ -140,6 +163,41 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def _passes(exc: BaseException) -> bool:
+    """S3 throttling, a 5xx or a connection lost or timed out, found anywhere in the exception's chain (boto3
+    wraps an upload's error in S3UploadFailedError, a download's retries in RetriesExceededError)."""
+    from botocore import exceptions as boto  # type: ignore[import-untyped]
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never loop on a cyclic one
+        if seen is None:
+            break
+        lost = isinstance(seen, boto.ConnectionError | boto.HTTPClientError)
+        if lost and not isinstance(seen, boto.SSLError):  # a certificate problem does not pass
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(response.get("Error", {}).get("Code", ""))
+            if code in _PASSING_CODES or (isinstance(status, int) and status >= 500):
+                return True
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "last_exception", None)
+    return False
+
+
+@contextmanager
+def _unavailable_when_passing(what: str) -> Iterator[None]:
+    """Raise StoreUnavailable for an S3 failure that passes, so the farm retries later."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if _passes(exc):
+            raise StoreUnavailable(f"{what}: {exc}") from exc
+        raise
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -218,7 +276,8 @@ class S3Store:
     def has(self, key: str) -> bool:
         object_key = self._object_key(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=object_key)
+            with _unavailable_when_passing(f"S3 did not say whether it has {self.locate(key)}"):
+                self.client.head_object(Bucket=self.bucket, Key=object_key)
         except Exception as exc:
             if _is_not_found(exc):
                 return False
@@ -231,7 +290,8 @@ class S3Store:
         if not source.is_file():
             raise FileNotFoundError(errno.ENOENT, "no such file to upload", str(source))
         # upload_file switches to multipart for large files; S3 shows the object only once complete.
-        self.client.upload_file(str(source), self.bucket, object_key)
+        with _unavailable_when_passing(f"S3 did not take {self.locate(key)}"):
+            self.client.upload_file(str(source), self.bucket, object_key)
 
     def get_file(self, key: str, dest: Path) -> None:
         object_key = self._object_key(key)
@@ -240,7 +300,8 @@ class S3Store:
         temp = _temp_path(dest)
         try:
             try:
-                self.client.download_file(self.bucket, object_key, str(temp))
+                with _unavailable_when_passing(f"S3 did not give {self.locate(key)}"):
+                    self.client.download_file(self.bucket, object_key, str(temp))
             except Exception as exc:
                 if _is_not_found(exc):
                     raise FileNotFoundError(errno.ENOENT, "no such artifact", self.locate(key)) from exc
@@ -251,8 +312,9 @@ class S3Store:
             finally:
                 os.close(fd)
             os.replace(temp, dest)
-        except BaseException:
+        except BaseException as exc:
             temp.unlink(missing_ok=True)
+            _raise_if_disk_full(exc, dest)
             raise
         _fsync_dir(dest.parent)
 

@@ -20,6 +20,7 @@ from farm.plan import Step
 from farm.redaction import scrubbed, secret_values
 from farm.routing import backend_for, queue_for
 from farm.state import Completion, RunStore
+from farm.storage import StoreUnavailable
 from tasks.context import WorkerContext
 from workers.base import CapacityWait, ContentPolicyError, StepJob, StepResult, TransientError
 
@@ -84,6 +85,8 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
         _reroute(ctx, run_id, step, backend, str(exc))
     except TransientError as exc:
         _retry_later(ctx, run_id, step, exc)
+    except StoreUnavailable as exc:  # a full disk, a throttled bucket: retried, a paid render resumed
+        _retry_later(ctx, run_id, step, TransientError(str(exc)))
     except Exception as exc:  # every other failure becomes a readable reason on the step
         log.exception("step %s of run %s failed", step_id, run_id)
         _fail(ctx, run_id, step_id, f"{type(exc).__name__}: {exc}", type(exc).__name__)

@@ -8,6 +8,7 @@ what is left on disk.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -18,8 +19,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from boto3.exceptions import S3UploadFailedError  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    ClientError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
-from farm.storage import ArtifactStore, LocalStore, S3Store, open_store, validate_key
+from farm.storage import ArtifactStore, LocalStore, S3Store, StoreUnavailable, open_store, validate_key
 from tests.conftest import MOTO_BUCKET as BUCKET
 from tests.conftest import MOTO_SECRET as SECRET
 
@@ -245,6 +252,22 @@ def test_local_put_failing_midway_leaves_no_partial_object_and_no_temp(
         assert final.read_bytes() == existing
 
 
+def test_a_full_disk_makes_a_local_put_unavailable_for_now_and_leaves_no_temp(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC passes (space comes back): the farm retries on StoreUnavailable instead of failing the step."""
+    store = LocalStore(tmp_path / "store")
+
+    def full(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:
+        writer.write(reader.read()[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(StoreUnavailable, match="No space left on device"):
+        store.put_file(KEY, source)
+    assert _files(store.root) == []
+
+
 def test_local_put_failing_at_the_rename_leaves_no_temp(
     tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,6 +369,75 @@ def test_s3_errors_and_repr_do_not_carry_credentials(moto_endpoint: str, tmp_pat
         other.put_file("x.png", _write(tmp_path / "x.png", b"x"))
     for text in (repr(store), str(missing.value), str(failed.value), repr(failed.value)):
         assert SECRET not in text
+
+
+class _FailingS3:
+    """A boto3 S3 client whose every call raises what `make` gives (a stand-in for an S3 in trouble)."""
+
+    def __init__(self, make: Callable[[], Exception]) -> None:
+        self.make = make
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def call(*args: object, **kwargs: object) -> None:
+            raise self.make()
+
+        return call
+
+
+def _client_error(code: str, status: int) -> Exception:
+    response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error: Exception = ClientError(response, "PutObject")
+    return error
+
+
+def _upload_failed(code: str, status: int) -> Exception:
+    """What boto3's upload_file raises: S3UploadFailedError, the ClientError as its implicit context."""
+    try:
+        try:
+            raise _client_error(code, status)
+        except ClientError as exc:
+            raise S3UploadFailedError(f"Failed to upload: {exc}")  # noqa: B904 - as boto3 does
+    except S3UploadFailedError as wrapped:
+        error: Exception = wrapped
+    return error
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _upload_failed("SlowDown", 503),
+        lambda: _upload_failed("InternalError", 500),
+        lambda: _client_error("ServiceUnavailable", 503),
+        lambda: EndpointConnectionError(endpoint_url="http://s3"),
+        lambda: ReadTimeoutError(endpoint_url="http://s3"),
+    ],
+    ids=["slowdown", "500", "503", "unreachable", "read-timeout"],
+)
+def test_s3_trouble_that_passes_makes_the_store_unavailable_for_now(
+    make: Callable[[], Exception], source: Path, tmp_path: Path
+) -> None:
+    store = S3Store(BUCKET, "p", client=_FailingS3(make))
+    with pytest.raises(StoreUnavailable, match=r"S3 did not take s3://farm-artifacts/p/a\.png"):
+        store.put_file("a.png", source)
+    with pytest.raises(StoreUnavailable, match="S3 did not give"):
+        store.get_file("a.png", tmp_path / "dest.png")
+    with pytest.raises(StoreUnavailable):
+        store.has("a.png")
+    assert _files(tmp_path) == ["src/frame.png"], "no temp file left by the failed get"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _upload_failed("AccessDenied", 403), lambda: _upload_failed("NoSuchBucket", 404)],
+    ids=["403", "no-bucket"],
+)
+def test_s3_refusals_that_do_not_pass_are_not_unavailable(
+    make: Callable[[], Exception], source: Path
+) -> None:
+    store = S3Store(BUCKET, "p", client=_FailingS3(make))
+    with pytest.raises(Exception) as refused:
+        store.put_file("a.png", source)
+    assert not isinstance(refused.value, StoreUnavailable)
 
 
 def test_importing_the_store_and_making_an_s3_store_does_not_import_boto3() -> None:

@@ -89,6 +89,7 @@ class PodFleet:
 
     def set_run_seconds(self, seconds: float) -> None:
         """How long each ComfyUI run takes, on running pods now and on pods started later."""
+        self.base.mkdir(parents=True, exist_ok=True)  # before the first pod, too
         (self.base / "run_seconds").write_text(str(seconds))
         for port in self.comfy_ports.values():
             with contextlib.suppress(httpx.HTTPError):
@@ -134,11 +135,12 @@ def node_repository(folder: Path, name: str) -> str:
     return repo.as_uri()
 
 
-@pytest.fixture(scope="module")
-def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
-    home = tmp_path_factory.mktemp("gpu-home")
+@contextlib.contextmanager
+def running_gpu_farm(home: Path) -> Iterator[GpuFarm]:
+    """A gpu and post farm on a fresh RunPod emulator whose pods are real SSH servers running the ComfyUI
+    emulator (two pods at most, idle after 3 s); the SSH key and the pods' files live under `home`."""
     key = asyncssh.generate_private_key("ssh-ed25519")
-    (home / "ssh").mkdir()
+    (home / "ssh").mkdir(parents=True)
     key_path = home / "ssh" / "id_ed25519"
     key.write_private_key(str(key_path))
     public = key.export_public_key().decode().strip()
@@ -162,15 +164,19 @@ def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
         "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
         "FARM_COMFY_CUSTOM_NODES": node_repository(home / "nodes", "farm-first-node"),
     }
-    with mock.patch.dict(os.environ, env):
-        settings = Settings()
-        farm = start_farm(
-            settings,
-            queues=("gpu", "post"),
-            flower=False,
-            redis_port=free_port(),
-            private_dir=home / "private",
-        )
+    try:
+        with mock.patch.dict(os.environ, env):
+            settings = Settings()
+            farm = start_farm(
+                settings,
+                queues=("gpu", "post"),
+                flower=False,
+                redis_port=free_port(),
+                private_dir=home / "private",
+            )
+    except BaseException:
+        runpod.stop()
+        raise
     try:
         yield GpuFarm(
             farm,
@@ -184,6 +190,12 @@ def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
     finally:
         stop_farm(farm)
         runpod.stop()
+
+
+@pytest.fixture(scope="module")
+def gpu_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuFarm]:
+    with running_gpu_farm(tmp_path_factory.mktemp("gpu-home")) as farm:
+        yield farm
 
 
 def test_the_sample_renders_entirely_through_the_gpu_pool(
