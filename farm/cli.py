@@ -24,7 +24,7 @@ from farm.artifacts import namespace_for
 from farm.cli_runtime import FAILED, INPUT_ERROR, RunArg, connect, console, require_run, safe_url
 from farm.estimate import estimate as estimate_plan
 from farm.lanes import time_at_limits
-from farm.metrics import serve_metrics
+from farm.metrics import metrics_credentials, serve_metrics
 from farm.plan import Plan, Step, build_plan, build_previz_plan
 from farm.plan_json import money, plan_document
 from farm.previz_sheet import write_previz
@@ -47,7 +47,7 @@ app = typer.Typer(
 )
 from farm.autoscaler import Autoscaler  # noqa: E402
 from farm.cli_dailies import register as register_dailies  # noqa: E402
-from farm.cli_ops import checked_queues, local_autoscaler, show_decisions_in_console  # noqa: E402
+from farm.cli_ops import checked_queues, local_autoscaler, metrics_login, show_decisions_in_console  # noqa: E402
 from farm.cli_ops import register as register_ops  # noqa: E402
 from farm.cli_pods import PodReaper, pods_app  # noqa: E402
 from farm.cli_review import register as register_review  # noqa: E402
@@ -286,8 +286,11 @@ def up(
     exporter = None
     if settings.metrics_port is not None:
         client = redis.Redis.from_url(farm.broker_url)
-        exporter, _ = serve_metrics(client, QUEUES, settings.metrics_host, settings.metrics_port)
-        console.print(f"metrics http://{settings.metrics_host}:{exporter.server_port}/metrics")
+        credentials = metrics_credentials(settings)
+        host, port = settings.metrics_host, settings.metrics_port
+        exporter, _ = serve_metrics(client, QUEUES, host, port, credentials=credentials[:2])
+        url = f"http://{host}:{exporter.server_port}/metrics"
+        console.print(f"metrics {url}  {metrics_login(settings, credentials)}")
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -390,7 +393,9 @@ def _render_privately(
         farm = start_farm(settings, redis_port=free_port(), private_dir=Path(private))
         try:
             _announce(farm)
-            private_settings = base.model_copy(update={"redis_url": SecretStr(farm.broker_url)})
+            # The private farm's URL already says how to reach it; FARM_REDIS_TLS_* are for FARM_REDIS_URL's.
+            tls = {"redis_tls_ca": None, "redis_tls_cert": None, "redis_tls_key": None}
+            private_settings = base.model_copy(update={"redis_url": SecretStr(farm.broker_url), **tls})
             runs, run_id = _submit(private_settings, storyboard, registry, out, previz=previz)
             console.print(f"run {run_id}")
             final = _watch_to_end(runs, run_id)

@@ -38,7 +38,7 @@ def dailies(
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         raise typer.Exit(FAILED) from None
-    print(f"dailies of {run_id}: {server.url}  (Ctrl-C stops)", flush=True)
+    print(f"dailies of {run_id}: {server.login_url}  (Ctrl-C stops)", flush=True)
     server.serve_until_interrupted()
     print("stopped")
 

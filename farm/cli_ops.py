@@ -15,7 +15,7 @@ import typer
 
 from farm.autoscaler import Autoscaler, Pool, policies
 from farm.cli_runtime import INPUT_ERROR, connect, console
-from farm.metrics import serve_metrics
+from farm.metrics import metrics_credentials, serve_metrics
 from farm.reconcile import reconcile as run_reconcile
 from farm.routing import QUEUES
 from farm.scheduler import Scheduler
@@ -100,13 +100,16 @@ def metrics(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9108,
 ) -> None:
     """Serve the farm's Prometheus metrics at /metrics until Ctrl-C: backlog per queue, workers wanted and
-    actual, step durations, retries and failures, paid calls and cost, pods and $/hour."""
+    actual, step durations, retries and failures, paid calls and cost, pods and $/hour. Scrapes need basic
+    auth (FARM_METRICS_USER / FARM_METRICS_PASSWORD; generated and printed once if unset)."""
     settings = load_settings()
     runs, _ = connect(settings)
-    server, thread = serve_metrics(runs.r, QUEUES, host or settings.metrics_host, port)
-    console.print(
-        f"metrics at http://{host or settings.metrics_host}:{server.server_port}/metrics (Ctrl-C stops)"
+    credentials = metrics_credentials(settings)
+    server, thread = serve_metrics(
+        runs.r, QUEUES, host or settings.metrics_host, port, credentials=credentials[:2]
     )
+    url = f"http://{host or settings.metrics_host}:{server.server_port}/metrics"
+    console.print(f"metrics at {url}  {metrics_login(settings, credentials)}  (Ctrl-C stops)")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -114,6 +117,13 @@ def metrics(
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+def metrics_login(settings: Settings, credentials: tuple[str, str, bool]) -> str:
+    """How to log in, for the console: the password itself only right after it was generated."""
+    user, password, generated = credentials
+    where = password if generated else f"see FARM_METRICS_PASSWORD or {settings.home}/metrics.json"
+    return f"user {user}  password {where}"
 
 
 def flower(

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from farm.dispatch import Sender
+from farm.redis_access import safe_url as safe_url  # re-exported: farm.cli imports it from here
 from farm.redis_server import is_up
 from farm.settings import Settings
 from farm.state import RunStore
@@ -36,12 +37,6 @@ def connect(settings: Settings) -> tuple[RunStore, Sender]:
         )
         raise typer.Exit(FAILED)
     return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url, signing=signing_of(settings)))
-
-
-def safe_url(url: str) -> str:
-    """A Redis URL without its password, for messages."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('//')[0]}//***@{tail}" if sep else url
 
 
 def require_run(runs: RunStore, run_id: str) -> None:

@@ -7,6 +7,11 @@ site can neither read it (same-origin policy) nor send that header without a COR
 never answers. Every request must name this server in its Host header, so a DNS-rebinding page that reached
 the port under its own host name gets nothing. Files are served by looking their name up among the run's
 own outputs and this server's thumbnails, never by joining a path from the request.
+
+Reading needs a session too, since the page shows prompts, costs and the run's files: the command prints a
+link carrying a one-time key (`/dailies/?key=...`); the server trades it, once, for an HttpOnly,
+SameSite=Strict cookie and redirects to the clean URL. Every other request without that cookie is refused,
+so another local user, or a page in the browser that guesses the port, reads nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from farm import review
 from farm.dailies import gather, run_files
@@ -43,6 +49,10 @@ THUMBS_PREFIX = "/dailies/thumbs/"
 MAX_BODY_BYTES = 4096
 """An action is a shot number and a word; anything bigger is not one."""
 TOKEN_BYTES = 32
+KEY_PARAM = "key"
+"""The query parameter of the printed link that carries the one-time key."""
+COOKIE_PREFIX = "farm_dailies_"
+"""Followed by the port: cookies are not kept apart by port, two servers' sessions must be."""
 POLL_INTERVAL_S = 0.2
 """How often the serving loop checks for shutdown."""
 
@@ -85,16 +95,48 @@ class DailiesServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         self.runs, self.sender, self.run_id = runs, sender, run_id
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.session = secrets.token_urlsafe(TOKEN_BYTES)
+        """The cookie's value: what every request must carry."""
+        self._key: str | None = secrets.token_urlsafe(TOKEN_BYTES)
+        """The one-time key of the printed link; None once traded for the cookie."""
         self._lock = threading.Lock()
         self._thumbs: dict[str, Path] = {}
         super().__init__((host, port), _Handler)
         bound = f"[{host}]" if address.version == 6 else host
         self.authority = f"{bound}:{self.server_address[1]}"
         """What every request's Host header must say."""
+        self.cookie_name = f"{COOKIE_PREFIX}{self.server_address[1]}"
 
     @property
     def url(self) -> str:
+        """The page, for a browser that has the session cookie."""
         return f"http://{self.authority}{PAGE_PATHS[0]}"
+
+    @property
+    def login_url(self) -> str:
+        """The link to print: the page with the one-time key (empty once the key was used)."""
+        return f"{self.url}?{KEY_PARAM}={self._key or ''}"
+
+    def sign_in(self, key: str) -> bool:
+        """Trade the one-time key for the session: true once, for the right key."""
+        with self._lock:
+            if self._key is None or not secrets.compare_digest(key.encode(), self._key.encode()):
+                return False
+            self._key = None
+            return True
+
+    def signed_in(self, cookies: str) -> bool:
+        """Whether a Cookie header carries this server's session."""
+        try:
+            morsel = SimpleCookie(cookies).get(self.cookie_name)
+        except CookieError:
+            return False
+        return morsel is not None and secrets.compare_digest(morsel.value.encode(), self.session.encode())
+
+    def session_cookie(self) -> str:
+        """Set-Cookie: for this server's pages only (Path=/ on its own host and port), never readable by
+        script, never sent with a request another site starts."""
+        return f"{self.cookie_name}={self.session}; Path=/; HttpOnly; SameSite=Strict"
 
     def serve_until_interrupted(self) -> None:
         """Serve in the foreground until Ctrl-C; the port is released either way."""
@@ -187,13 +229,28 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.act(self.rfile.read(int(length)))
 
     def _answer(self, route: Callable[[], Reply]) -> None:
-        host = self.headers.get("Host", "")
         try:
-            reply = route() if host.lower() == self.server.authority else _error(400, "unexpected Host")
+            reply = self._checked(route)
         except Exception:  # a broken page must still answer, not hang the browser
             log.exception("dailies: %s %s failed", self.command, self.path)
             reply = _error(500, "the page could not be built; see the server's log")
         self._send(reply)
+
+    def _checked(self, route: Callable[[], Reply]) -> Reply:
+        """This server's Host, then the session (or the one-time key, traded for it), then the route."""
+        if self.headers.get("Host", "").lower() != self.server.authority:
+            return _error(400, "unexpected Host")
+        signed_in = self.server.signed_in(self.headers.get("Cookie", ""))
+        target, _, query = self.path.partition("?")
+        keys = parse_qs(query).get(KEY_PARAM)
+        if self.command == "GET" and target in PAGE_PATHS and keys:
+            if signed_in or self.server.sign_in(keys[0]):
+                headers = {"Location": PAGE_PATHS[0], "Set-Cookie": self.server.session_cookie()}
+                return Reply(303, headers=headers)
+            return _error(403, "this link was used already; `farm dailies RUN --serve` prints a new one")
+        if not signed_in:
+            return _error(403, "open the link `farm dailies RUN --serve` printed")
+        return route()
 
     def _send(self, reply: Reply) -> None:
         size = reply.file.stat().st_size if reply.file else len(reply.body)

@@ -5,25 +5,39 @@ and their cost by endpoint) into Redis hashes as it happens, so every worker on 
 same totals and a restart loses none. Everything else is read when Prometheus scrapes: each queue's backlog
 (the broker's lists and unacked messages, which Flower does not show), the autoscaler's last decision per
 queue (wanted, target and actual workers) and the GPU pool's pods by state with their $/hour.
+
+The endpoint answers only requests with the scrape credential (HTTP basic auth, FARM_METRICS_USER and
+FARM_METRICS_PASSWORD): what the farm spends and runs is not for anyone who can reach the port.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import secrets
+import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from farm.autoscaler import last_decisions
 from farm.backlog import read_backlogs
+from farm.credentials import kept_credentials
 from farm.pod_registry import PodRegistry
 from farm.redis_values import as_text
+from farm.settings import Settings
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 STEPS_KEY = "farm:metrics:steps"
 RETRIES_KEY = "farm:metrics:retries"
@@ -151,13 +165,84 @@ class FarmCollector(Collector):
         yield hourly
 
 
+# serving ----------------------------------------------------------------------------------------------------
+
+REALM = "farm metrics"
+
+
+def metrics_credentials(settings: Settings) -> tuple[str, str, bool]:
+    """(user, password, generated): FARM_METRICS_USER / FARM_METRICS_PASSWORD, else a password generated once
+    and kept (mode 0600) in <home>/metrics.json."""
+    return kept_credentials(settings.home / "metrics.json", settings.metrics_user, settings.metrics_password)
+
+
+def require_basic_auth(app: WSGIApplication, user: str, password: str) -> WSGIApplication:
+    """`app` behind HTTP basic auth: 401 with a challenge unless the request carries `user` and `password`.
+    Both are compared in constant time, so timing tells nothing about how much of a guess was right."""
+    expected_user, expected_password = user.encode(), password.encode()
+
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        sent_user, sent_password = _basic_credentials(environ.get("HTTP_AUTHORIZATION", ""))
+        user_ok = secrets.compare_digest(sent_user, expected_user)
+        if secrets.compare_digest(sent_password, expected_password) & user_ok:
+            return app(environ, start_response)
+        challenge = f'Basic realm="{REALM}", charset="UTF-8"'
+        headers = [("WWW-Authenticate", challenge), ("Content-Type", "text/plain; charset=utf-8")]
+        start_response("401 Unauthorized", headers)
+        return [b"401: this endpoint needs the farm's metrics credentials (FARM_METRICS_USER/PASSWORD)\n"]
+
+    return guarded
+
+
+def _basic_credentials(header: str) -> tuple[bytes, bytes]:
+    """(user, password) from an `Authorization: Basic ...` header; empty ones for anything else."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return b"", b""
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b"", b""
+    user, _, password = decoded.partition(b":")
+    return user, password
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, none outliving the server."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def serve_metrics(
-    client: redis.Redis, queues: Iterable[str], host: str, port: int
+    client: redis.Redis, queues: Iterable[str], host: str, port: int, *, credentials: tuple[str, str]
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve /metrics in a background thread; returns the server (its port) and thread, to stop them."""
+    """Serve /metrics behind basic auth (`credentials` = user, password) in a background thread; returns the
+    server (its port) and thread, to stop them."""
     registry = CollectorRegistry()
     registry.register(FarmCollector(client, queues))
-    return start_http_server(port, addr=host, registry=registry)
+    app = require_basic_auth(make_wsgi_app(registry), *credentials)
+    family, address = _listen_address(host, port)
+
+    class MetricsServer(_Server):
+        address_family = family
+
+    server = make_server(address, port, app, MetricsServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _listen_address(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The address family and literal address to bind `host` (a name, an IPv4 or an IPv6 address) to."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return family, str(sockaddr[0])
 
 
 def _hash(client: redis.Redis, key: str) -> list[tuple[str, str]]:

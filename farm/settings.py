@@ -143,6 +143,21 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     """Serve Prometheus metrics at http://<metrics_host>:<metrics_port>/metrics from `farm up` too."""
+    metrics_user: str = "prometheus"
+    metrics_password: SecretStr | None = None
+    """HTTP basic auth of /metrics: a scrape-only credential, apart from Flower's (Flower can revoke tasks and
+    stop workers, a Prometheus config should not). Without one, a password is generated once, kept in
+    <home>/metrics.json and printed by the command that generated it."""
+    redis_password: SecretStr | None = None
+    """The farm's own redis-server requires it (`requirepass`), and every client sends it; with
+    FARM_REDIS_URL it replaces the URL's password. Without one, the own server's is generated once and
+    kept in <home>/redis.json."""
+    redis_tls_ca: Path | None = None
+    """CA bundle that signed FARM_REDIS_URL's server certificate; any FARM_REDIS_TLS_* turns the URL into
+    rediss:// with the certificate verified. The farm's own loopback redis-server is never TLS."""
+    redis_tls_cert: Path | None = None
+    redis_tls_key: Path | None = None
+    """Client certificate and key, for a Redis that requires them (`tls-auth-clients yes`)."""
 
     def artifacts_root(self) -> Path:
         return self.store_root or self.home / "artifacts"

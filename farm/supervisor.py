@@ -7,7 +7,6 @@ and stopping is warm: workers get SIGTERM, finish their current step, and only t
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import secrets
@@ -19,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.credentials import kept_credentials
+from farm.redis_access import embedded_password, redis_url
 from farm.redis_server import RedisServer, is_up, wait_for_redis
 from farm.routing import QUEUES
 from farm.settings import Settings
@@ -52,18 +53,7 @@ class Farm:
 
 def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
     """From settings; else generated once and kept (mode 0600) under the farm's home."""
-    if settings.flower_password is not None:
-        return settings.flower_user, settings.flower_password.get_secret_value(), False
-    path = settings.home / "flower.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        return str(saved["user"]), str(saved["password"]), False
-    password = secrets.token_urlsafe(12)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"user": settings.flower_user, "password": password}, handle)
-    return settings.flower_user, password, True
+    return kept_credentials(settings.home / "flower.json", settings.flower_user, settings.flower_password)
 
 
 def start_farm(
@@ -148,20 +138,32 @@ def worker_command(queue: str, settings: Settings, name: str) -> list[str]:
 
 
 def _broker(farm: Farm, port: int, data_dir: Path) -> str:
+    """The URL of FARM_REDIS_URL's Redis, or of the farm's own password-protected redis-server (started
+    unless one already answers on the port with the same password)."""
     settings = farm.settings
     if settings.redis_url is not None:
-        url = settings.redis_url.get_secret_value()
+        url = redis_url(settings)
         wait_for_redis(url, 10)
         return url
-    url = f"redis://127.0.0.1:{port}/0"
-    if not is_up(url):
-        farm.redis = RedisServer(data_dir, port)
-        farm.redis.start()
-    return url
+    server = RedisServer(data_dir, port, embedded_password(settings))
+    if not is_up(server.url):
+        farm.redis = server
+        server.start()
+    return server.url
+
+
+REDIS_ACCESS_VARIABLES = (
+    "FARM_REDIS_PASSWORD",
+    "FARM_REDIS_TLS_CA",
+    "FARM_REDIS_TLS_CERT",
+    "FARM_REDIS_TLS_KEY",
+)
+"""Children get all of this inside FARM_REDIS_URL; left in their environment, it would be applied to the
+farm's own (plain, loopback) redis-server's URL too."""
 
 
 def _child_env(settings: Settings, broker_url: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in REDIS_ACCESS_VARIABLES}
     env.update({"FARM_REDIS_URL": broker_url, "FARM_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"})
     env.update(_signing_env(settings))
     return env

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from celery import Celery
 
+from farm.redis_access import redis_url
 from farm.settings import Settings, load_settings
 from tasks.config import Signing, celery_config, signing_config
 
 
 def broker_url(settings: Settings) -> str:
-    if settings.redis_url is not None:
-        return settings.redis_url.get_secret_value()
-    return f"redis://127.0.0.1:{settings.redis_port}/0"
+    """FARM_REDIS_URL (with FARM_REDIS_PASSWORD and FARM_REDIS_TLS_*), else the farm's own Redis, password
+    included: see farm/redis_access.py."""
+    return redis_url(settings)
 
 
 def signing_of(settings: Settings) -> Signing | None:

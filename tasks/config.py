@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.plan import StepKind
+from farm.redis_access import celery_ssl
 
 TIME_LIMITS_S: dict[StepKind, tuple[int, int]] = {
     StepKind.T2I: (300, 360),
@@ -75,7 +76,17 @@ def celery_config(broker_url: str, time_limit_scale: float = 1.0) -> dict[str, A
             task_name(kind): {"soft_time_limit": soft, "time_limit": hard}
             for kind, (soft, hard) in limits.items()
         },
+        **redis_tls(broker_url),
     }
+
+
+def redis_tls(broker_url: str) -> dict[str, Any]:
+    """For a rediss:// broker, the TLS options kombu and a Redis result backend need in their own settings
+    (Flower's Redis view reads `broker_use_ssl` too); nothing for plain redis://."""
+    options = celery_ssl(broker_url)
+    if options is None:
+        return {}
+    return {"broker_use_ssl": options, "redis_backend_use_ssl": options}
 
 
 @dataclass(frozen=True)

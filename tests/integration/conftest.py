@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import threading
 import time
@@ -31,7 +32,8 @@ from tasks.sender import CelerySender
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    """A redis-server that requires a password, as the farm's own does: the URL carries it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), secrets.token_urlsafe(18))
     server.start()
     try:
         yield server.url

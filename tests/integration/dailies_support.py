@@ -1,5 +1,6 @@
 """What the dailies tests share: a run submitted for review in a real Redis, steps finished as a worker would
-(real PNGs and real H.264 clips at their output names), a recording sender and a server on a thread."""
+(real PNGs and real H.264 clips at their output names), a recording sender, a server on a thread and a client
+signed in to it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 from PIL import Image, ImageOps
 
 from farm import dispatch
@@ -138,3 +141,12 @@ def serving(server: DailiesServer) -> Iterator[DailiesServer]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def signed_in(server: DailiesServer, **options: Any) -> Iterator[httpx.Client]:
+    """A client that opened the link `farm dailies --serve` prints: it holds the session cookie."""
+    with httpx.Client(base_url=f"http://{server.authority}", **options) as web:
+        opened = web.get(server.login_url)
+        assert opened.status_code == 303 and server.cookie_name in web.cookies, opened.text
+        yield web

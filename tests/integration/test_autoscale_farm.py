@@ -124,9 +124,10 @@ def test_a_burst_scales_the_pool_up_then_down_after_the_cooldown_losing_nothing(
     published = last_decisions(farm.redis)["post"]
     assert published["target"] == 1 and published["load"] == 0
 
-    server, thread = serve_metrics(farm.redis, QUEUES, "127.0.0.1", 0)
+    scraper = ("prometheus", "autoscale-test")
+    server, thread = serve_metrics(farm.redis, QUEUES, "127.0.0.1", 0, credentials=scraper)
     try:
-        text = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics").text
+        text = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", auth=scraper).text
     finally:
         server.shutdown()
         server.server_close()

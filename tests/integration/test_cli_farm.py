@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -79,16 +80,25 @@ def test_render_the_bundled_example_on_a_fresh_home(tmp_path: Path) -> None:
 
 
 def test_up_starts_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    """With FARM_METRICS_PORT, /metrics too: on loopback, behind a generated scrape password."""
+    env = {**farm_env(tmp_path / "home"), "FARM_METRICS_PORT": str(free_port())}
     with subprocess.Popen(
         [sys.executable, "-m", "farm.cli", "up"],
-        env=farm_env(tmp_path / "home"),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as process:
-        seen = read_until(process, "flower ")
+        seen = read_until(process, "metrics ")  # the whole line: read line by line
         children = descendants(process.pid)
         assert len(children) >= 5, "redis-server, three workers (with pool children) and flower"
+        words = seen.split("metrics ", 1)[1].split()
+        url, user, password = words[0], words[2], words[4]
+        assert url.startswith("http://127.0.0.1:") and user == "prometheus"
+        assert httpx.get(url, timeout=10).status_code == 401
+        assert httpx.get(url, auth=(user, password), timeout=10).status_code == 200
+        redis_password = json.loads((tmp_path / "home" / "redis.json").read_text())["password"]
+        assert redis_password not in seen and "broker  redis://***@127.0.0.1:" in seen
         process.send_signal(signal.SIGINT)
         assert process.wait(90) == 0
         seen += process.stdout.read() if process.stdout else ""

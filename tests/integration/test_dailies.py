@@ -1,5 +1,6 @@
 """The dailies page against a real Redis: what a card shows, the static contact sheet on disk, and the
-server's rules (fresh GETs, token-only POSTs, its own Host, only the run's own files)."""
+server's rules (a session for every request, bought once with the printed key; fresh GETs, token-only POSTs,
+its own Host, only the run's own files)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from farm import review
 from farm.cli import app
 from farm.dailies import FRAME_ROLES, Card, Dailies, gather
 from farm.dailies_page import write_page
-from farm.dailies_server import ACTION_PATH, TOKEN_HEADER, DailiesServer
+from farm.dailies_server import ACTION_PATH, KEY_PARAM, TOKEN_HEADER, DailiesServer
 from farm.dailies_thumbs import THUMB_EDGE
 from farm.plan import Step, StepKind
 from farm.retake import Changes, retake
@@ -38,6 +39,7 @@ from tests.integration.dailies_support import (
     finish_keyframes,
     run_of,
     serving,
+    signed_in,
     submit,
     submit_for_review,
 )
@@ -265,7 +267,7 @@ def test_every_get_rebuilds_the_page_from_redis_with_the_sessions_token_and_chan
     runs: RunStore, server: DailiesServer, review_run: str
 ) -> None:
     before = review_snapshot(runs, review_run)
-    with httpx.Client(base_url=f"http://{server.authority}") as web:
+    with signed_in(server) as web:
         assert web.get("/").headers["location"] == "/dailies/"
         reply = web.get("/dailies/")
         assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
@@ -291,7 +293,7 @@ def test_a_post_without_the_token_or_from_another_host_is_refused_and_changes_no
     before, sent = review_snapshot(runs, review_run), list(sender.sent)
     shot = min(review.shot_states(runs, review_run))
     action = {"shot": shot, "action": "approve"}
-    with httpx.Client(base_url=f"http://{server.authority}") as web:
+    with signed_in(server) as web:
         assert web.post(ACTION_PATH, json=action).status_code == 403
         assert web.post(ACTION_PATH, json=action, headers={TOKEN_HEADER: "guess"}).status_code == 403
         rebound = {TOKEN_HEADER: server.token, "Host": f"attacker.example:{server.server_address[1]}"}
@@ -301,13 +303,49 @@ def test_a_post_without_the_token_or_from_another_host_is_refused_and_changes_no
     assert review_snapshot(runs, review_run) == before and sender.sent == sent
 
 
+def test_nothing_is_served_without_the_session_the_printed_one_time_key_buys_on_this_host_only(
+    runs: RunStore, sender: RecordingSender, server: DailiesServer, review_run: str
+) -> None:
+    frame = next(s.outputs[0] for s in runs.steps(review_run).values() if s.kind is StepKind.UPSCALE)
+    paths = ["/", "/dailies/", "/dailies/index.html", f"/{quote(frame)}", "/dailies/thumbs/x.jpg"]
+    key = server.login_url.partition(f"?{KEY_PARAM}=")[2]
+    before, sent = review_snapshot(runs, review_run), list(sender.sent)
+    with httpx.Client(base_url=f"http://{server.authority}") as stranger:
+        for path in paths:
+            refused = stranger.get(path)
+            assert refused.status_code == 403 and frame.encode() not in refused.content, path
+        forged = {"Cookie": f"{server.cookie_name}=guess"}
+        assert stranger.get("/dailies/", headers=forged).status_code == 403
+        assert stranger.get("/dailies/", params={KEY_PARAM: "guess"}).status_code == 403
+        rebound = {"Host": f"attacker.example:{server.server_address[1]}"}
+        assert stranger.get("/dailies/", params={KEY_PARAM: key}, headers=rebound).status_code == 400
+        action = {"shot": min(review.shot_states(runs, review_run)), "action": "approve"}
+        with_token = {TOKEN_HEADER: server.token}
+        assert stranger.post(ACTION_PATH, json=action, headers=with_token).status_code == 403
+        assert not stranger.cookies
+    assert review_snapshot(runs, review_run) == before and sender.sent == sent
+
+    with httpx.Client(base_url=f"http://{server.authority}") as reviewer:
+        opened = reviewer.get("/dailies/", params={KEY_PARAM: key})  # not spent by the other Host's request
+        assert opened.status_code == 303 and opened.headers["location"] == "/dailies/"
+        cookie = opened.headers["set-cookie"]
+        assert cookie.startswith(f"{server.cookie_name}={server.session};") and key not in cookie
+        assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= {part.strip() for part in cookie.split(";")}
+        assert reviewer.get("/dailies/").status_code == 200
+        assert reviewer.get(f"/{quote(frame)}").status_code == 200
+        assert reviewer.get("/dailies/", params={KEY_PARAM: key}).status_code == 303, "signed in already"
+    with httpx.Client(base_url=f"http://{server.authority}") as late:
+        assert late.get("/dailies/", params={KEY_PARAM: key}).status_code == 403, "the key works once"
+        assert late.get("/dailies/").status_code == 403
+
+
 def test_approve_releases_the_shots_held_video_and_the_other_keys_record_a_decision(
     runs: RunStore, sender: RecordingSender, server: DailiesServer, review_run: str
 ) -> None:
     first, second, third, *_ = sorted(review.shot_states(runs, review_run))
     held = {i for i in runs.gated(review_run) if runs.step(review_run, i).shot == first}
     headers = {TOKEN_HEADER: server.token}
-    with httpx.Client(base_url=f"http://{server.authority}", headers=headers) as web:
+    with signed_in(server, headers=headers) as web:
         approved = web.post(ACTION_PATH, json={"shot": first, "action": "approve"})
         retaken = web.post(ACTION_PATH, json={"shot": second, "action": "retake"})
         flagged = web.post(ACTION_PATH, json={"shot": third, "action": "needs_review"})
@@ -332,7 +370,7 @@ def test_only_the_runs_own_outputs_are_served_whatever_the_path(
     output_dir = Path(runs.meta(review_run)["output_dir"])
     frame = next(s.outputs[0] for s in runs.steps(review_run).values() if s.kind is StepKind.UPSCALE)
     (output_dir / "notes.txt").write_text("not an output of the run")
-    with httpx.Client(base_url=f"http://{server.authority}") as web:
+    with signed_in(server) as web:
         served = web.get(f"/{quote(frame)}")
         assert served.status_code == 200 and served.headers["content-type"] == "image/png"
         assert served.content == (output_dir / frame).read_bytes()
@@ -343,7 +381,8 @@ def test_only_the_runs_own_outputs_are_served_whatever_the_path(
     raw = ["/../../etc/passwd", f"/dailies/thumbs/../../{frame}", f"/dailies/../{frame}/../notes.txt"]
     for path in raw:  # sent exactly as written: httpx would resolve the dots first
         connection = http.client.HTTPConnection(server.authority)
-        connection.request("GET", path, headers={"Host": server.authority})
+        session = f"{server.cookie_name}={server.session}"
+        connection.request("GET", path, headers={"Host": server.authority, "Cookie": session})
         assert connection.getresponse().status == 404, path
         connection.close()
 
@@ -355,7 +394,7 @@ def test_a_run_submitted_without_review_has_nothing_to_approve(
     run_id = run_of(runs)
     with (
         serving(DailiesServer(runs, sender, run_id, "127.0.0.1", 0)) as server,
-        httpx.Client(base_url=f"http://{server.authority}", headers={TOKEN_HEADER: server.token}) as web,
+        signed_in(server, headers={TOKEN_HEADER: server.token}) as web,
     ):
         shot = min(c.shot for c in gather(runs, run_id).cards)
         refused = web.post(ACTION_PATH, json={"shot": shot, "action": "approve"})
@@ -388,7 +427,10 @@ def test_serve_prints_its_url_and_stops_cleanly_on_ctrl_c(review_run: str, redis
         try:
             banner = read_until(child, "(Ctrl-C stops)", timeout_s=30)
             url = next(word for word in banner.split() if word.startswith("http://"))
-            assert httpx.get(url).status_code == 200
+            assert "/dailies/?key=" in url
+            with httpx.Client(follow_redirects=True) as browser:
+                assert browser.get(url).status_code == 200
+            assert httpx.get(url).status_code == 403, "the key was used"
             child.send_signal(signal.SIGINT)
             rest, _ = child.communicate(timeout=10)
         finally:

@@ -105,7 +105,8 @@ def test_arrows_select_shots_and_a_and_n_review_them_in_a_real_browser(
     run_id = submit_for_review(runs, sender, sample_path, tmp_path / "out")
 
     with serving(DailiesServer(runs, sender, run_id, "127.0.0.1", 0)) as server:
-        browser.get(server.url)
+        browser.get(server.login_url)
+        assert browser.current_url == server.url, "the key is traded for a cookie and leaves the address bar"
         WebDriverWait(browser, DEADLINE_S).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card.selected"))
         shown = sum(len(c.frames) + (c.clip is not None) for c in gather(runs, run_id).cards)
         loaded = "return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length"

@@ -15,6 +15,7 @@ from unittest import mock
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 
 from farm import dispatch, review
@@ -25,7 +26,7 @@ from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, stop_farm
 from farm.validate import check_episode
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle, read_until
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, read_until
 from workers.media import probe
 
 FLOWER_PASSWORD = "flower-test-password"
@@ -98,6 +99,38 @@ def test_flower_lists_every_step_with_readable_args(farm: FarmHandle, first_run:
         task = mine[f"{run_id}:{step.id}"]
         assert task["name"] == f"farm.{step.kind.value}"
         assert task["args"] == f"{run_id} {step.asset_name}"
+
+
+def test_the_farms_own_redis_refuses_clients_without_its_password_which_shows_nowhere(
+    farm: FarmHandle, first_run: tuple[str, Plan]
+) -> None:
+    """The farm that rendered the sample ran on a password-protected Redis; no command line, log, Redis
+    value, manifest or Flower page shows the password."""
+    server = farm.farm.redis
+    assert server is not None and server.password, "the farm started its own redis-server, with a password"
+    password = server.password
+    assert farm.farm.broker_url == server.url and f":{password}@" in server.url
+    for client in (redis.Redis(port=server.port), redis.Redis(port=server.port, password="guess")):
+        with pytest.raises(redis.AuthenticationError):  # NOAUTH, then WRONGPASS
+            client.ping()
+    saved = farm.farm.settings.home / "redis.json"
+    assert json.loads(saved.read_text())["password"] == password
+    for private in (saved, server.data_dir / "redis.conf"):
+        assert private.stat().st_mode & 0o077 == 0, private
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert password.encode() not in cmdline.read_bytes(), cmdline
+        except OSError:
+            continue  # the process ended
+    assert_secret_appears_nowhere(farm, password)
+    assert password not in (server.data_dir / "redis.log").read_text()
+    access = farm.farm.flower_access
+    assert access is not None
+    for page in ("/broker", "/workers", "/api/workers?refresh=1", "/tasks"):
+        shown = httpx.get(f"{access.url}{page}", auth=(access.user, access.password), timeout=10)
+        assert shown.status_code == 200 and password not in shown.text, page
+    workers = httpx.get(f"{access.url}/api/workers", auth=(access.user, access.password), timeout=10).json()
+    assert workers and all(w["stats"]["broker"]["port"] == server.port for w in workers.values()), workers
 
 
 def test_resubmitting_renders_nothing(
