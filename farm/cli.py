@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,8 @@ from rich.table import Table
 
 from farm import dispatch
 from farm.artifacts import namespace_for
-from farm.cli_runtime import FAILED, INPUT_ERROR, RunArg, connect, console, require_run, safe_url
+from farm.budget import Pricing
+from farm.cli_runtime import FAILED, INPUT_ERROR, PAUSED, RunArg, connect, console, require_run, safe_url
 from farm.estimate import estimate as estimate_plan
 from farm.lanes import time_at_limits
 from farm.metrics import metrics_credentials, serve_metrics
@@ -38,7 +40,7 @@ from farm.settings import Settings, load_settings
 from farm.state import RunStore
 from farm.supervisor import Farm, free_port, restart_exited_workers, start_farm, stop_farm, worker_command
 from farm.validate import Episode, load_episode
-from farm.views import duration, estimate_view, plan_view, validation_summary
+from farm.views import duration, estimate_view, plan_view, usd, validation_summary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -46,6 +48,8 @@ app = typer.Typer(
     help="Render farm for AI-made episodic video: storyboard in, episode out.",
 )
 from farm.autoscaler import Autoscaler  # noqa: E402
+from farm.cli_budget import BudgetOpt, budget_option  # noqa: E402
+from farm.cli_budget import register as register_budget  # noqa: E402
 from farm.cli_dailies import register as register_dailies  # noqa: E402
 from farm.cli_ops import checked_queues, local_autoscaler, metrics_login, show_decisions_in_console  # noqa: E402
 from farm.cli_ops import register as register_ops  # noqa: E402
@@ -59,6 +63,7 @@ register_review(app)
 register_dailies(app)
 register_ops(app)
 register_schedule(app)
+register_budget(app)
 
 StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
 RegistryOpt = Annotated[
@@ -153,6 +158,7 @@ def _submit(
     review: bool = False,
     previz: bool = False,
     priority: int = DEFAULT_PRIORITY,
+    budget_usd: Decimal | None = None,
 ) -> tuple[RunStore, str]:
     episode, the_plan = _load(storyboard, registry)
     if previz:
@@ -169,6 +175,8 @@ def _submit(
         gated=gated_steps(the_plan) if review else (),
         source=run_source(episode),
         priority=priority,
+        budget_usd=budget_usd,
+        pricing=Pricing.for_pods(settings.gpu_expected_usd_per_hr, settings.gpu_jobs_per_pod),
     )
     return runs, run_id
 
@@ -192,11 +200,24 @@ def submit(
         ),
     ] = False,
     priority: PriorityOpt = DEFAULT_PRIORITY,
+    budget_text: BudgetOpt = None,
 ) -> None:
     """Validate, plan and enqueue an episode on a running farm; print the run id."""
-    runs, run_id = _submit(load_settings(), storyboard, registry, out, review=review, priority=priority)
+    settings = load_settings()
+    limit = budget_option(budget_text, settings.default_budget_usd)
+    runs, run_id = _submit(
+        settings, storyboard, registry, out, review=review, priority=priority, budget_usd=limit
+    )
     print(run_id)
-    if watch_run and _watch_to_end(runs, run_id).status not in ("succeeded", "review"):
+    if watch_run:
+        _exit_as(_watch_to_end(runs, run_id))
+
+
+def _exit_as(final: RunProgress) -> None:
+    """Exit 0 when the run succeeded or waits for review, PAUSED when it waits for budget, else FAILED."""
+    if final.waiting_for_budget:
+        raise typer.Exit(PAUSED)
+    if final.status not in ("succeeded", "review"):
         raise typer.Exit(FAILED)
 
 
@@ -210,11 +231,11 @@ def status(run_id: RunArg) -> None:
 
 @app.command("watch")
 def watch_command(run_id: RunArg) -> None:
-    """Live progress bars until the run ends or waits for review; exit 0 unless it failed or was cancelled."""
+    """Live progress bars until the run ends or waits for review or budget; exit 0 unless it failed or was
+    cancelled (3 when it waits for budget)."""
     runs, _ = connect(load_settings())
     require_run(runs, run_id)
-    if _watch_to_end(runs, run_id).status not in ("succeeded", "review"):
-        raise typer.Exit(FAILED)
+    _exit_as(_watch_to_end(runs, run_id))
 
 
 @app.command()
@@ -231,17 +252,22 @@ def list_runs(limit: Annotated[int, typer.Option(help="How many, newest first.")
     """The most recent runs with their status."""
     runs, _ = connect(load_settings())
     table = Table(box=None)
-    for column in ("run", "status", "episode", "priority", "steps", "elapsed"):
-        table.add_column(column)
+    columns = ("run", "status", "episode", "priority", "steps", "elapsed", "est. $", "spent $", "budget $")
+    for column in columns:
+        table.add_column(column, justify="right" if column.endswith("$") else "left")
     for run_id in runs.runs(limit):
         progress = snapshot(runs, run_id)
+        limit_usd = progress.ledger.budget_usd if progress.ledger else None
         table.add_row(
             run_id,
-            progress.status,
+            "paused: budget" if progress.waiting_for_budget else progress.status,
             escape(progress.title),
             str(dispatch.run_priority(runs.meta(run_id))),
             f"{progress.done}/{progress.total}",
             duration(progress.elapsed_s),
+            usd(progress.estimated_usd),
+            usd(progress.spent_usd),
+            "-" if limit_usd is None else usd(limit_usd),
         )
     console.print(table)
 

@@ -20,6 +20,8 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 FAILED = 1
 INPUT_ERROR = 2
+PAUSED = 3
+"""The run waits for its budget to be raised (`farm budget RUN USD`)."""
 
 RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
 

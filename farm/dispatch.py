@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
 
+from farm import budget
+from farm.budget import Pricing
 from farm.plan import Plan, Step
 from farm.routing import step_queue
 from farm.scheduler import DEFAULT_PRIORITY, Admitted, Ready, Scheduler, check_priority
@@ -48,10 +51,13 @@ def submit(
     gated: Collection[str] = (),
     source: Mapping[str, str] | None = None,
     priority: int = DEFAULT_PRIORITY,
+    budget_usd: Decimal | None = None,
+    pricing: Pricing | None = None,
 ) -> str:
     """Store the run and release its root steps; return the run id. `gated` steps wait for review
     (`farm.review`); `source` holds the storyboard and registry documents a retake re-plans from;
-    `priority` (1-9, 9 first) ranks its ready steps against other runs'."""
+    `priority` (1-9, 9 first) ranks its ready steps against other runs'; a paid step is admitted only
+    while the run's spending fits `budget_usd` (`farm.budget`), its estimate priced by `pricing`."""
     check_priority(priority)
     run_id = new_run_id(plan)
     meta = {
@@ -66,7 +72,10 @@ def submit(
         "approaches": json.dumps({s.shot: s.approach for s in plan.shots}),
         "review": "1" if gated else "0",
         "priority": str(priority),
+        **(pricing or Pricing()).meta(),
     }
+    if budget_usd is not None:
+        meta[budget.BUDGET_FIELD] = str(budget.to_micros(budget_usd))
     roots = runs.create(run_id, plan, meta, gated, source)
     steps = {s.id: s for s in plan.steps}
     release(runs, sender, run_id, [steps[r] for r in roots], backend)
@@ -105,7 +114,10 @@ def step_ended(
     found = reads if reads is not None else runs.release_reads(run_id, released)
     steps = [found.steps[s] for s in released]
     backend = found.meta.get("backend", "")
-    return _offer_and_send(runs, sender, scheduler, run_id, steps, backend, found, ended=step_id)
+    admitted = _offer_and_send(runs, sender, scheduler, run_id, steps, backend, found, ended=step_id)
+    if found.meta.get(budget.HELD_AT_FIELD):  # paused for budget: what this step freed may let one go
+        admitted += readmit_held(runs, sender, run_id, scheduler)
+    return admitted
 
 
 def _offer_and_send(
@@ -120,10 +132,12 @@ def _offer_and_send(
 ) -> list[Admitted]:
     now = time.time()
     priority = run_priority(found.meta)
+    pricing = Pricing.from_meta(found.meta)
     entries = []
     for step in steps:
         queue = step_queue(step.kind, backend, found.overrides.get(step.id))
-        entries.append(Ready(run_id, step.id, queue, found.remaining.get(step.id, 0.0), priority))
+        cost = budget.to_micros(budget.step_estimate_usd(step, queue, pricing))
+        entries.append(Ready(run_id, step.id, queue, found.remaining.get(step.id, 0.0), priority, cost))
     infos = {e.step_id: {"queue": e.queue, "queued_at": now} for e in entries}
     finished = (run_id, ended) if ended else None
     admitted = scheduler.settle(
@@ -157,6 +171,32 @@ def reprioritise(runs: RunStore, run_id: str, priority: int, scheduler: Schedule
     entries = [Ready(run_id, s, q, remaining[s], priority) for q, steps in waiting.items() for s in steps]
     sched.rerank(run_id, entries, {s: float(info.get(s, {}).get("queued_at", time.time())) for s in ids})
     return len(entries)
+
+
+def set_budget(
+    runs: RunStore, sender: Sender, run_id: str, usd: Decimal | None, scheduler: Scheduler | None = None
+) -> list[Admitted]:
+    """Give the run a new budget (None: no limit). Steps that waited for budget go back to their ready
+    sets, keeping their rank, and are admitted if they fit now; the rest wait again."""
+    sched = scheduler or Scheduler(runs.r)
+    pipe = runs.r.pipeline(transaction=True)
+    if usd is None:
+        pipe.hdel(runs.key(run_id), budget.BUDGET_FIELD)
+    else:
+        pipe.hset(runs.key(run_id), budget.BUDGET_FIELD, str(budget.to_micros(usd)))
+    pipe.execute()
+    return readmit_held(runs, sender, run_id, sched)
+
+
+def readmit_held(runs: RunStore, sender: Sender, run_id: str, scheduler: Scheduler) -> list[Admitted]:
+    """Offer the run's budget-held steps again and send those that fit now (after a raise, or after one of
+    its steps ended for less than its estimate, or failed, and freed part of the budget)."""
+    queues = scheduler.unhold(run_id)
+    if not queues:
+        return []
+    admitted = scheduler.admit(queues)
+    send_admitted(runs, sender, admitted)
+    return admitted
 
 
 def run_priority(meta: Mapping[str, str]) -> int:

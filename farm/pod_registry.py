@@ -244,6 +244,10 @@ def _record(pod_id: str, h: dict[str, str], holders: tuple[str, ...]) -> PodReco
     )
 
 
+WINDOW_FIELD = "host_key_window_until"
+"""Until when a pod the pool just created or resumed may show a host key not yet pinned."""
+
+
 class RegistryKnownHosts:
     """Pinned SSH host keys kept with each pod's record, so every GPU worker on every machine agrees."""
 
@@ -255,8 +259,20 @@ class RegistryKnownHosts:
         return as_text(raw) if raw is not None else None
 
     def pin(self, pod_id: str, key: str) -> None:
-        self.registry.r.hset(self.registry.key(pod_id), "host_key", key)
+        """Keep the key and close the window: from now on only this key is accepted."""
+        pipe = self.registry.r.pipeline(transaction=True)
+        pipe.hset(self.registry.key(pod_id), "host_key", key)
+        pipe.hdel(self.registry.key(pod_id), WINDOW_FIELD)
+        pipe.execute()
 
-    def forget(self, pod_id: str) -> None:
-        """After our own resume: a fresh container brings a fresh host key, pinned again on first contact."""
-        self.registry.r.hdel(self.registry.key(pod_id), "host_key")
+    def expects_new_key(self, pod_id: str) -> bool:
+        until = self.registry.r.hget(self.registry.key(pod_id), WINDOW_FIELD)
+        return until is not None and float(until) > time.time()
+
+    def expect_new_key(self, pod_id: str, within_s: float) -> None:
+        """The pool has just created or resumed the pod: a fresh container brings a fresh host key, and the
+        first contact within `within_s` pins it. Any pin of the old container is forgotten."""
+        pipe = self.registry.r.pipeline(transaction=True)
+        pipe.hdel(self.registry.key(pod_id), "host_key")
+        pipe.hset(self.registry.key(pod_id), WINDOW_FIELD, str(time.time() + within_s))
+        pipe.execute()

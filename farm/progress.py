@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from farm.budget import RunLedger, read_ledger
 from farm.naming import FIRST_TAKE
 from farm.plan import Step
 from farm.review import review_states
@@ -66,6 +67,15 @@ class RunProgress:
     settled_for_s: float = 0.0
     earlier_takes_usd: Decimal = Decimal(0)
     """What the steps that retakes replaced cost (part of `spent_usd`)."""
+    ledger: RunLedger | None = None
+    """The run's budget as admission counts it (`farm.budget`)."""
+
+    @property
+    def waiting_for_budget(self) -> bool:
+        """Nothing runs and every step still to start waits for the budget to be raised."""
+        if self.ledger is None or not self.ledger.paused or self.status != "running":
+            return False
+        return self.counts.get("running", 0) == 0 and self.counts.get("queued", 0) <= self.ledger.held
 
     @property
     def awaiting_review(self) -> bool:
@@ -105,6 +115,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         spent_usd=replaced
         + sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
         earlier_takes_usd=replaced,
+        ledger=read_ledger(runs, run_id),
         shots=[
             replace(
                 _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from farm.child_process import tied_to_parent
 from farm.redis_access import local_url, safe_url
 
 
@@ -81,8 +82,11 @@ class RedisServer:
         os.fchmod(fd, 0o600)  # a config file left by an older farm may have been readable
         with os.fdopen(fd, "w") as handle:
             handle.write(config_text(self.data_dir, self.port, self.password))
-        self.process = subprocess.Popen(
-            [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        self.process = subprocess.Popen(  # dies with its farm: a restarted `farm up` starts it from its AOF
+            [find_redis_server(), str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=tied_to_parent(),
         )
         wait_for_redis(self.url, timeout_s, self.process)
 

@@ -72,6 +72,11 @@ def print_status(console: Console, progress: RunProgress) -> None:
     console.print(status_table(progress))
     if progress.earlier_takes_usd:
         console.print(f"of which earlier takes: {usd(progress.earlier_takes_usd)}")
+    ledger = progress.ledger
+    if ledger is not None and (ledger.budget_usd is not None or ledger.paused):
+        style = "yellow" if ledger.paused else ""
+        line = escape(ledger.describe().replace("RUN", progress.run_id))
+        console.print(f"[{style}]{line}[/]" if style else line)
     for failure in progress.failures:
         where = f"shot {failure.shot}" if failure.shot is not None else "episode"
         console.print(f"[red]failed[/] {where} {failure.label}: {escape(failure.reason)}")
@@ -97,11 +102,12 @@ def watch(console: Console, poll: Callable[[], RunProgress], interval_s: float =
     }
     with Live(Group(bars), console=console, refresh_per_second=4, transient=False):
         while True:
-            bars.update(overall, completed=current.done, state=current.status)
+            overall_state = "paused: budget" if current.waiting_for_budget else current.status
+            bars.update(overall, completed=current.done, state=overall_state)
             for shot in current.shots:
                 state = f"{shot.state} {shot.activity}" if shot.activity else shot.state
                 bars.update(per_shot[shot.shot], completed=shot.done, state=escape(state))
-            if current.finished or current.awaiting_review:
+            if current.finished or current.awaiting_review or current.waiting_for_budget:
                 break
             time.sleep(interval_s)
             current = poll()

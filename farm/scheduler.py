@@ -22,7 +22,9 @@ and a later attempt finished it) is taken back at the next admission, so a crash
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -33,6 +35,7 @@ from farm import pipelines
 from farm.redis_values import as_text
 from farm.routing import QUEUES
 
+log = logging.getLogger(__name__)
 Order = Literal["critical_path", "fifo"]
 DEFAULT_PRIORITY = 5
 PRIORITIES = range(1, 10)
@@ -49,11 +52,46 @@ ANNOUNCE_TTL_S = 15.0
 SEPARATOR = "\t"
 
 _ADMIT = """
-local ready, slots, limit, now, ended = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local function state_of(member)
+local ready, slots, held = KEYS[1], KEYS[2], KEYS[3]
+local limit, now, ended = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local function split(member)
   local cut = string.find(member, '\\t', 1, true)
-  local run, step = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+  return string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+end
+local function state_of(member)
+  local run, step = split(member)
   return redis.call('HGET', 'farm:run:' .. run .. ':state', step), run, step
+end
+-- The run's budget: spent + the estimates of its paid steps in flight + this one's must fit. A reservation
+-- whose step is no longer queued or running has ended (its cost is in spent, or it never ran): dropped.
+local function affordable(run, step, member, score)
+  local meta = 'farm:run:' .. run
+  local cost = tonumber(redis.call('HGET', meta .. ':estimate', step) or '0')
+  if cost <= 0 then return true end
+  local reserved = meta .. ':reserved'
+  local budget = redis.call('HGET', meta, 'budget_uusd')
+  if budget then
+    local in_flight = 0
+    local flat = redis.call('HGETALL', reserved)
+    for i = 1, #flat, 2 do
+      if flat[i] ~= step then
+        local s = redis.call('HGET', meta .. ':state', flat[i])
+        if s == 'queued' or s == 'running' then
+          in_flight = in_flight + tonumber(flat[i + 1])
+        else
+          redis.call('HDEL', reserved, flat[i])
+        end
+      end
+    end
+    local need = tonumber(redis.call('HGET', meta, 'spent_uusd') or '0') + in_flight + cost
+    if need > tonumber(budget) then
+      redis.call('ZADD', held, score, member)
+      redis.call('HSET', meta, 'budget_need_uusd', string.format('%d', need), 'budget_held_at', now)
+      return false
+    end
+  end
+  redis.call('HSET', reserved, step, string.format('%d', cost))
+  return true
 end
 if ended ~= '' then redis.call('ZREM', slots, ended) end
 local used = redis.call('ZCARD', slots)
@@ -65,19 +103,45 @@ if limit >= 0 and used >= limit then
   end
   used = redis.call('ZCARD', slots)
 end
-local admitted = {}
+local admitted, over = {}, {}
 while limit < 0 or used < limit do
   local top = redis.call('ZPOPMAX', ready)
   if #top == 0 then break end
   local s, run, step = state_of(top[1])
   if s == 'queued' then
-    redis.call('ZADD', slots, now, top[1])
-    redis.call('SADD', 'farm:run:' .. run .. ':outbox', step)
-    used = used + 1
-    table.insert(admitted, top[1])
+    if affordable(run, step, top[1], top[2]) then
+      redis.call('ZADD', slots, now, top[1])
+      redis.call('SADD', 'farm:run:' .. run .. ':outbox', step)
+      used = used + 1
+      table.insert(admitted, top[1])
+    else
+      table.insert(over, top[1])
+    end
   end
 end
-return admitted
+return {admitted, over}
+"""
+
+# KEYS: pairs of (held set, ready set) per queue; ARGV: the run's member prefix, its metadata key.
+_UNHOLD = """
+local prefix, meta = ARGV[1], ARGV[2]
+local moved = {}
+for i = 1, #KEYS, 2 do
+  local held, ready = KEYS[i], KEYS[i + 1]
+  local flat = redis.call('ZRANGE', held, 0, -1, 'WITHSCORES')
+  local any = false
+  for j = 1, #flat, 2 do
+    if string.sub(flat[j], 1, #prefix) == prefix then
+      redis.call('ZADD', ready, 'NX', flat[j + 1], flat[j])
+      redis.call('ZREM', held, flat[j])
+      any = true
+    end
+  end
+  if any then table.insert(moved, (i + 1) / 2) end
+end
+-- Not paused any more: the admission that follows marks the run again if it holds a step again.
+redis.call('HDEL', meta, 'budget_held_at', 'budget_need_uusd')
+return moved
 """
 
 
@@ -108,6 +172,9 @@ class Ready:
     remaining_s: float
     """The longest chain of typical latencies from the start of this step to the end of its episode."""
     priority: int = DEFAULT_PRIORITY
+    cost_uusd: int = 0
+    """What it is expected to cost on this queue, in micro-dollars (`farm.budget`): checked against the
+    run's budget when it is admitted."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +239,7 @@ class Scheduler:
         self.r = client
         self.queues = tuple(queues)
         self._admit = client.register_script(_ADMIT)
+        self._unhold = client.register_script(_UNHOLD)
         self._lanes_ttl_s = lanes_ttl_s
         self._lanes_cache: dict[str, tuple[float, Lane]] = {}
 
@@ -186,6 +254,11 @@ class Scheduler:
     @staticmethod
     def pool_key(queue: str) -> str:
         return f"farm:sched:pool:{queue}"
+
+    @staticmethod
+    def held_key(queue: str) -> str:
+        """Steps that reached admission but did not fit their run's budget, with their rank."""
+        return f"farm:sched:held:{queue}"
 
     # workers ------------------------------------------------------------------------------------
     def announce(self, queue: str, worker: str, note: Announcement, now: float | None = None) -> None:
@@ -261,14 +334,21 @@ class Scheduler:
             self._queue_offers(pipe, entries, lanes, moment)
             for queue in order:
                 limit = lanes[queue].limit
-                keys = [self.ready_key(queue), self.slots_key(queue)]
+                keys = [self.ready_key(queue), self.slots_key(queue), self.held_key(queue)]
                 pipelines.call(pipe, self._admit, keys, [-1 if limit is None else limit, moment, ended])
 
         replies = pipelines.run(self.r, build, [self._admit])
         replies = replies[len(replies) - len(order) :]  # the admissions come last
-        return [
-            Admitted(*_split(raw), queue) for queue, got in zip(order, replies, strict=True) for raw in got
-        ]
+        admitted: list[Admitted] = []
+        over_budget: Counter[str] = Counter()
+        for queue, (got, over) in zip(order, replies, strict=True):
+            admitted += [Admitted(*_split(raw), queue) for raw in got]
+            over_budget.update(_split(raw)[0] for raw in over)
+        for run_id, count in over_budget.items():
+            log.warning(
+                "run %s: %d step(s) wait for more budget (`farm budget %s USD`)", run_id, count, run_id
+            )
+        return admitted
 
     def _queue_offers(
         self, pipe: Any, entries: Sequence[Ready], lanes: dict[str, Lane], moment: float
@@ -278,6 +358,8 @@ class Scheduler:
         for e in entries:
             score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
             by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
+            if e.cost_uusd > 0:  # before the ZADD: admission reads it
+                pipe.hset(f"farm:run:{e.run_id}:estimate", e.step_id, str(e.cost_uusd))
         for queue, scores in by_queue.items():
             pipe.zadd(self.ready_key(queue), scores, nx=True)
 
@@ -297,24 +379,41 @@ class Scheduler:
         for queue in self.queues:
             pipe.zrem(self.ready_key(queue), *members)
             pipe.zrem(self.slots_key(queue), *members)
+            pipe.zrem(self.held_key(queue), *members)
         pipe.execute()
 
     def waiting_of(self, run_id: str) -> dict[str, list[str]]:
         """Per queue, the run's steps waiting in its ready set."""
-        found: dict[str, list[str]] = {}
-        for queue in self.queues:
-            pattern = member(run_id, "*")
-            steps = [_split(raw)[1] for raw, _ in self.r.zscan_iter(self.ready_key(queue), match=pattern)]
-            if steps:
-                found[queue] = steps
-        return found
+        return self._members_of(run_id, self.ready_key)
 
     def ready_members(self) -> set[str]:
-        """Every step waiting in any ready set, as `member(run id, step id)`, in one round trip."""
+        """Every step waiting in any ready set or for budget, as `member(run id, step id)`, in one round
+        trip."""
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
             pipe.zrange(self.ready_key(queue), 0, -1)
+            pipe.zrange(self.held_key(queue), 0, -1)
         return {as_text(raw) for members in pipe.execute() for raw in members}
+
+    def held_of(self, run_id: str) -> dict[str, list[str]]:
+        """Per queue, the run's steps waiting for more budget."""
+        return self._members_of(run_id, self.held_key)
+
+    def unhold(self, run_id: str) -> list[str]:
+        """Put the run's budget-held steps back in their ready sets with their rank, to be admitted against
+        its budget again (atomically: a step in neither set would look lost to the reconciler). Returns the
+        queues they went back to; admit on them next (which marks the run paused again if one is held)."""
+        keys = [k for q in self.queues for k in (self.held_key(q), self.ready_key(q))]
+        moved = self._unhold(keys=keys, args=[member(run_id, ""), f"farm:run:{run_id}"])
+        return [self.queues[int(i) - 1] for i in moved]
+
+    def _members_of(self, run_id: str, key: Callable[[str], str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for queue in self.queues:
+            steps = [_split(m)[1] for m, _ in self.r.zscan_iter(key(queue), match=member(run_id, "*"))]
+            if steps:
+                found[queue] = steps
+        return found
 
     def rerank(self, run_id: str, entries: Sequence[Ready], ready_at: dict[str, float]) -> None:
         """Score waiting steps again (a new priority), as if offered when they first became ready."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal, Self
 
@@ -121,6 +122,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: no such file or directory: {path}")
         return self
 
+    default_budget_usd: Decimal | None = Field(default=None, ge=0)
+    """Most a run may spend when `farm submit` gives no `--budget`; unset: no limit (`farm.budget`)."""
     reconcile_every_s: float = Field(default=30.0, gt=0)
     """How often one worker looks for steps whose Celery message is lost (`farm.reconcile`); a step found
     missing is sent again by the next pass that still finds it missing."""

@@ -18,6 +18,9 @@ Keys, all under `farm:run:<run id>`:
   :history      list of step ids a retake replaced, oldest first (their outputs stay on disk)
   :source       hash storyboard | registry -> the documents the run was planned from (JSON text)
   :remaining    hash step id -> seconds of typical latency from its start to the episode's end (its rank)
+  :estimate     hash step id -> what the step is expected to cost on its queue, micro-dollars (paid only)
+  :reserved     hash step id -> the estimate of a paid step admitted and not yet ended (`farm.budget`)
+The metadata hash also keeps the run's money: `spent_uusd`, and `budget_uusd` when it has a budget.
 `active` counts queued + running steps: when it reaches zero the run has settled, or waits in `review`
 while gated steps remain. A gated step whose inputs are all done is `held`, not queued.
 """
@@ -81,12 +84,15 @@ _COMPLETE = (
     _FINISH
     + """
 local state, waiting, deps, run, outbox, gated = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local steps, remaining = KEYS[7], KEYS[8]
-local step, final, now = ARGV[1], ARGV[2], ARGV[3]
+local steps, remaining, reserved = KEYS[7], KEYS[8], KEYS[9]
+local step, final, now, cost = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cur = redis.call('HGET', state, step)
 if cur ~= 'running' and cur ~= 'queued' then return {'-', {}, {}, {}} end
 redis.call('HSET', state, step, final)
 redis.call('HINCRBY', run, 'done', 1)
+-- Its estimate leaves the budget's in-flight sum as what it cost joins the spent sum: at the same moment.
+redis.call('HDEL', reserved, step)
+if cost ~= '0' then redis.call('HINCRBY', run, 'spent_uusd', cost) end
 local status = redis.call('HGET', run, 'status')
 local released = {}
 local list = redis.call('HGET', deps, step)
@@ -116,11 +122,12 @@ return {outcome, released, plans, redis.call('HMGET', remaining, unpack(released
 _FAIL = (
     _FINISH
     + """
-local state, run, gated = KEYS[1], KEYS[2], KEYS[3]
+local state, run, gated, reserved = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local step, now = ARGV[1], ARGV[2]
 local cur = redis.call('HGET', state, step)
 if cur ~= 'running' and cur ~= 'queued' then return '-' end
 redis.call('HSET', state, step, 'failed')
+redis.call('HDEL', reserved, step)
 redis.call('HINCRBY', run, 'failed', 1)
 if redis.call('HINCRBY', run, 'active', -1) == 0 then return finish(run, now, gated) end
 return ''
@@ -400,13 +407,20 @@ class RunStore:
         return Claim(int(started), ReleaseReads(as_texts(meta), as_texts(overrides), {}, steps))
 
     def complete(
-        self, run_id: str, step_id: str, *, cached: bool = False, info: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        cached: bool = False,
+        info: Mapping[str, Any] | None = None,
+        cost_uusd: int = 0,
     ) -> Completion:
-        """Mark the step done (or cached) and queue what it unblocks. In the same round trip: write `info`
-        fields first, and read what sending the released steps needs (`Completion.reads`)."""
-        parts = ("state", "waiting", "dependents", "", "outbox", "gated", "steps", "remaining")
+        """Mark the step done (or cached) and queue what it unblocks; `cost_uusd` (what the provider
+        charged, micro-dollars) joins the run's spent money. In the same round trip: write `info` fields
+        first, and read what sending the released steps needs (`Completion.reads`)."""
+        parts = ("state", "waiting", "dependents", "", "outbox", "gated", "steps", "remaining", "reserved")
         keys = [self.key(run_id, p) for p in parts]
-        args = [step_id, "cached" if cached else "done", str(time.time())]
+        args = [step_id, "cached" if cached else "done", str(time.time()), str(cost_uusd)]
 
         def build(pipe: Any) -> None:  # twice only if Redis forgot the script: writes the same info again
             if info:
@@ -431,7 +445,7 @@ class RunStore:
     def fail(self, run_id: str, step_id: str, reason: str) -> str:
         """Mark the step failed with a reason; return the run outcome if this settled the run."""
         self.set_info(run_id, step_id, error=reason)
-        keys = [self.key(run_id, "state"), self.key(run_id), self.key(run_id, "gated")]
+        keys = [self.key(run_id, p) for p in ("state", "", "gated", "reserved")]
         outcome = as_text(self._fail(keys=keys, args=[step_id, str(time.time())]))
         return "" if outcome == "-" else outcome
 

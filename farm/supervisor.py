@@ -6,7 +6,6 @@ and stopping is warm: workers get SIGTERM, finish their current step, and only t
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
@@ -18,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.child_process import tied_to_parent
 from farm.credentials import kept_credentials
 from farm.redis_access import embedded_password, redis_url
 from farm.redis_server import RedisServer, is_up, wait_for_redis
@@ -26,7 +26,6 @@ from farm.settings import Settings
 
 POOLS = {"post": "prefork", "cloud": "threads", "gpu": "threads"}
 """post is CPU work (processes); cloud and gpu mostly wait on the network (threads)."""
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
 
@@ -180,19 +179,14 @@ def _signing_env(settings: Settings) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items() if path is not None}
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM if the farm process goes away."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _spawn(
     farm: Farm, command: list[str], log_name: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     env = {**farm.env, **(extra_env or {})}
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
     with open(farm.log_dir / log_name, "ab") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=tied_to_parent()
+        )
 
 
 def start_worker(farm: Farm, queue: str, log_name: str = "") -> subprocess.Popen[bytes]:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
-from farm import metrics
+from farm import budget, metrics
 from farm.artifacts import input_index, output_key, output_keys
 from farm.dispatch import step_ended
 from farm.manifest import write_manifest
@@ -98,7 +98,9 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
         "outputs": [str(p) for p in paths],
         "metadata": result.metadata,
     }
-    completion = runs.complete(run_id, step_id, cached=cached, info=info)
+    completion = runs.complete(
+        run_id, step_id, cached=cached, info=info, cost_uusd=budget.to_micros(result.cost_usd)
+    )
     step_ended(
         runs,
         ctx.sender,

@@ -23,6 +23,7 @@ from workers.ssh import (
     Endpoint,
     FileKnownHosts,
     HostKeyChanged,
+    HostKeyUnknown,
     MemoryKnownHosts,
     PodShell,
     fingerprint,
@@ -270,6 +271,24 @@ def test_changed_host_key_is_refused_before_anything_runs(
         assert impostor.commands() == []
         assert not (impostor.root / "ran").exists()
     assert known.get(POD_ID) == pinned
+
+
+def test_an_unknown_host_key_is_refused_unless_the_farm_just_started_the_pod(
+    pod: SSHPod, client_key: ClientKey
+) -> None:
+    """A pod with no pinned key, reached outside the window after the pool created or resumed it (a lost
+    pin, a pod from elsewhere, an endpoint that now leads to another machine), is refused before auth."""
+    strict = MemoryKnownHosts(first_use=False)
+    with pytest.raises(HostKeyUnknown, match=f"pod {POD_ID}.*no key is pinned") as caught:
+        shell_for(pod, client_key, strict).run(["touch", "ran"])
+    assert isinstance(caught.value, PermanentError)
+    assert fingerprint(pod.host_key_line) in str(caught.value)
+    assert pod.commands() == [] and not (pod.root / "ran").exists()
+    assert strict.get(POD_ID) is None, "nothing was pinned"
+    strict.first_use = True  # the pool's window for a container it has just created
+    with shell_for(pod, client_key, strict) as sh:
+        assert sh.run(["echo", "hello"]).stdout == "hello\n"
+    assert strict.get(POD_ID) == pod.host_key_line
 
 
 def test_a_host_key_of_another_type_is_a_change_too(

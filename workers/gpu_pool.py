@@ -8,13 +8,15 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from farm.pod_registry import PodRecord, PodRegistry
+from farm.pod_registry import PodRecord, PodRegistry, RegistryKnownHosts
 from workers.base import CapacityWait, TransientError
 from workers.pods import NoCapacity, PodNotFound, RunpodPods
 from workers.ssh import Endpoint
 
 CREATE_LOCK = "farm:pods:create-lock"
 CREATE_LOCK_TTL_S = 60
+FIRST_CONTACT_MARGIN_S = 600.0
+"""After SSH answers, the worker still installs nodes and starts ComfyUI before its first contact."""
 """Longer than one deploy call to RunPod; a holder that dies frees it after this."""
 
 
@@ -94,8 +96,12 @@ class GpuPool:
     def resume(self, pod_id: str) -> None:
         """A resumed pod is a new container: ComfyUI is not running and its SSH host key is new."""
         self.registry.set(pod_id, state="starting", comfy_pid="")
-        self.registry.r.hdel(self.registry.key(pod_id), "host_key")
+        RegistryKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
         self.pods.resume(pod_id)
+
+    def _first_contact_s(self) -> float:
+        """How long a new container may take to boot and be reached once: its key is pinned within it."""
+        return 2 * self.limits.ssh_wait_s + FIRST_CONTACT_MARGIN_S
 
     def stop(self, pod_id: str) -> None:
         self.pods.stop(pod_id)
@@ -179,6 +185,7 @@ class GpuPool:
                 )
             pod_id, gpu_type = self._deploy(name)
             self.registry.register(pod_id, name, gpu=gpu_type, cost_per_hr=self.limits.expected_cost_per_hr)
+            RegistryKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
             self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
         try:
             endpoint = self.pods.wait_for_ssh(pod_id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)

@@ -4,8 +4,10 @@ This is the only module in the project that imports paramiko. Its rules come fro
 
 - Direct TCP only (RunPod's proxy SSH blocks automation), and the endpoint is the one the API reports now:
   the mapped port changes on every resume, so host keys are pinned per *pod id*, never per host:port.
-- Trust on first use: the first successful contact pins the pod's host key (`KnownHosts`); a later
-  contact that is offered a different key raises `HostKeyChanged` before authenticating or running anything.
+- A host key is learnt only from a container this farm has just created or resumed: the pool opens a
+  window (`KnownHosts.expects_new_key`) and the first contact inside it pins the key. Any other contact
+  without a pin raises `HostKeyUnknown`, and one offered a key other than the pin raises `HostKeyChanged`,
+  both before authenticating or running anything.
 - Key auth only (no agent, no ~/.ssh lookups, no passwords), and a timeout on every blocking step.
 - Commands are argv lists joined with `shlex.join`, so every argument is quoted; there is no way to pass a
   pre-built command line. Prompts, workflows and scripts travel as files over SFTP, never inside a command
@@ -56,12 +58,21 @@ class HostKeyChanged(PermanentError):
     """The pod offered a host key other than the one pinned for its id: refused, nothing was sent."""
 
 
+class HostKeyUnknown(PermanentError):
+    """No key is pinned for the pod and it is not a container this farm has just started: refused."""
+
+
 class KnownHosts(Protocol):
     """Where pinned host keys live, keyed by pod id; keys are `"<type> <base64>"` ("ssh-ed25519 AAAA…")."""
 
     def get(self, pod_id: str) -> str | None: ...
 
     def pin(self, pod_id: str, key: str) -> None: ...
+
+    def expects_new_key(self, pod_id: str) -> bool:
+        """True while a container this farm created or resumed waits for its first contact: the only time
+        an unpinned key is taken (and pinned)."""
+        ...
 
 
 def normalize_key(key: str) -> str:
@@ -83,11 +94,15 @@ def fingerprint(key: str) -> str:
 
 
 class MemoryKnownHosts:
-    """In-process pins, for tests."""
+    """In-process pins, for tests. `first_use`: take an unknown key from any pod (a test's own server)."""
 
-    def __init__(self, pins: dict[str, str] | None = None) -> None:
+    def __init__(self, pins: dict[str, str] | None = None, *, first_use: bool = True) -> None:
         self._pins = {pod: normalize_key(key) for pod, key in (pins or {}).items()}
         self._lock = threading.Lock()
+        self.first_use = first_use
+
+    def expects_new_key(self, pod_id: str) -> bool:
+        return self.first_use
 
     def get(self, pod_id: str) -> str | None:
         with self._lock:
@@ -103,11 +118,16 @@ class MemoryKnownHosts:
 
 
 class FileKnownHosts:
-    """Pins in a small text file, one `<pod id> <type> <base64>` line per pod, rewritten atomically."""
+    """Pins in a small text file, one `<pod id> <type> <base64>` line per pod, rewritten atomically.
+    An unknown key is taken only with `first_use` (the file's owner vouches for the pods it names)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, first_use: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.first_use = first_use
+
+    def expects_new_key(self, pod_id: str) -> bool:
+        return self.first_use
 
     def get(self, pod_id: str) -> str | None:
         with self._lock:
@@ -267,9 +287,15 @@ class PodShell:
         return transport
 
     def _check_host_key(self, transport: paramiko.Transport, pinned: str | None) -> str:
-        """The offered host key as `"<type> <base64>"`; HostKeyChanged if it is not the pinned one."""
+        """The offered host key as `"<type> <base64>"`; HostKeyChanged if it is not the pinned one,
+        HostKeyUnknown if none is pinned and the farm is not waiting for this pod's first contact."""
         key = transport.get_remote_server_key()  # SSHException if negotiation timed out
         seen = f"{key.get_name()} {key.get_base64()}"
+        if pinned is None and not self.known_hosts.expects_new_key(self.pod_id):
+            raise HostKeyUnknown(
+                f"pod {self.pod_id} at {self.endpoint} offered host key {fingerprint(seen)}, and no key is "
+                "pinned for it outside the window after the farm created or resumed it; refusing to connect"
+            )
         if pinned is not None and normalize_key(pinned) != seen:
             raise HostKeyChanged(
                 f"host key of pod {self.pod_id} at {self.endpoint} changed: pinned {fingerprint(pinned)}, "

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ class FarmHandle:
         self.runs = RunStore(self.redis)
         self.sender = CelerySender(make_app(self.farm.broker_url, signing=signing_of(self.farm.settings)))
 
-    def submit(self, storyboard: Path) -> tuple[str, Plan]:
+    def submit(self, storyboard: Path, budget_usd: Decimal | None = None) -> tuple[str, Plan]:
         episode = load_episode(storyboard)
         plan = build_plan(episode)
         run_id = dispatch.submit(
@@ -93,6 +94,7 @@ class FarmHandle:
             output=self.out,
             storyboard=str(storyboard),
             source=run_source(episode),
+            budget_usd=budget_usd,
         )
         return run_id, plan
 

@@ -17,17 +17,22 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from unittest import mock
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from farm import dispatch
-from farm.plan import Plan
+from farm.cli import app
+from farm.cli_runtime import PAUSED
+from farm.plan import Plan, build_plan
 from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_farm, start_worker, stop_farm
+from farm.validate import load_episode
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere
 from workers.emulators.fal_server import FalEmulator, Faults
@@ -206,6 +211,40 @@ def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
     assert fal_farm.runs.states(run_id)[t2i.id] == "queued"
     assert fal_farm.redis.llen("gpu") == 1, "the step waits on the gpu queue for the GPU pool"
     dispatch.cancel(fal_farm.runs, fal_farm.sender, run_id)
+
+
+def test_a_run_over_its_budget_pauses_without_paying_more_and_resumes_when_it_is_raised(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_episode(tmp_path, variant(sample_doc, "BUD"), registry_doc)
+    estimate = sum((s.cost_usd for s in build_plan(load_episode(path)).steps), Decimal(0))
+    limit = (estimate / 2).quantize(Decimal("0.01"))
+    run_id, plan = fal_farm.submit(path, budget_usd=limit)
+    deadline = time.monotonic() + 120
+    while not (progress := snapshot(fal_farm.runs, run_id)).waiting_for_budget:
+        assert time.monotonic() < deadline and progress.status == "running", progress.counts
+        time.sleep(0.2)
+    seeds = {s.params["seed"]: s for s in plan.steps if s.cost_usd > 0}
+    paid = [
+        seeds[e["payload"]["seed"]] for e in fal_farm.emulator.ledger() if e["payload"].get("seed") in seeds
+    ]
+    assert paid and sum((s.cost_usd for s in paid), Decimal(0)) <= limit, "fal was asked for no more"
+    assert progress.ledger is not None and progress.ledger.spent_usd <= limit
+
+    monkeypatch.setenv("FARM_REDIS_URL", fal_farm.farm.broker_url)
+    shown = CliRunner().invoke(app, ["status", run_id])
+    assert shown.exit_code == 0 and "paused" in shown.output and f"farm budget {run_id} USD" in shown.output
+    watched = CliRunner().invoke(app, ["watch", run_id])
+    assert watched.exit_code == PAUSED, watched.output
+    raised = CliRunner().invoke(app, ["budget", run_id, "none"])
+    assert raised.exit_code == 0 and "held step(s) admitted" in raised.output, raised.output
+
+    assert fal_farm.wait(run_id) == "succeeded", snapshot(fal_farm.runs, run_id).failures
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan)
+    manifest = json.loads(Path(fal_farm.runs.meta(run_id)["manifest"]).read_text())
+    spent = snapshot(fal_farm.runs, run_id).ledger
+    assert spent is not None and float(spent.spent_usd) == manifest["cost_usd"]["actual"]
+    assert manifest["cost_usd"]["actual"] == manifest["cost_usd"]["estimated"] == float(estimate)
 
 
 def test_the_fal_key_appears_nowhere(fal_farm: FalFarm) -> None:

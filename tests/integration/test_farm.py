@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -188,6 +189,60 @@ def test_a_pickled_message_is_refused_and_runs_nothing(farm: FarmHandle, tmp_pat
     assert "untrusted content of type pickle" in log.read_text(errors="replace")
     assert not marker.exists(), "the pickle was never loaded"
     assert farm.redis.llen("post") == 0, "the message is gone, not waiting to be retried"
+
+
+@pytest.mark.chaos
+def test_a_pool_child_killed_each_time_it_runs_a_step_fails_that_step_after_the_delivery_cap(
+    farm: FarmHandle, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    """As the OOM killer would: the prefork child running a step is SIGKILLed on every delivery. Celery
+    requeues the step each time (late acks, reject on worker lost); the fourth start finds the cap spent
+    and fails the step with that reason; nothing else is lost and no half-written file is left."""
+    doc = copy.deepcopy(sample_doc)
+    doc["project"], doc["shots"] = "OOMK", doc["shots"][:2]
+    path = tmp_path / "storyboard.json"
+    path.write_text(json.dumps(doc))
+    (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
+    run_id, plan = farm.submit(path)
+    killed: dict[str, set[int]] = {}
+    victim: str | None = None
+    deadline = time.monotonic() + 240
+    while (victim is None or farm.runs.states(run_id)[victim] != "failed") and time.monotonic() < deadline:
+        states, deliveries, info = (
+            farm.runs.states(run_id),
+            farm.runs.deliveries(run_id),
+            farm.runs.info(run_id),
+        )
+        running = [s for s, state in states.items() if state == "running" and (victim is None or s == victim)]
+        for step_id in running:
+            started = info.get(step_id, {})
+            if started.get("delivery") != deliveries.get(step_id) or started.get("delivery") in killed.get(
+                step_id, set()
+            ):
+                continue  # its info is from an earlier delivery, or this delivery was killed already
+            pid = int(str(started["worker"]).rpartition(":")[2])
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it finished first
+            killed.setdefault(step_id, set()).add(int(started["delivery"]))
+            victim = step_id
+            break
+        time.sleep(0.01)
+    assert victim is not None, "no step was caught running"
+    assert farm.wait(run_id, timeout_s=240) == "failed"
+    reason = str(farm.runs.info(run_id)[victim]["error"])
+    assert "worker died 3 times" in reason and "not retried again" in reason, reason
+    assert killed[victim] == {1, 2, 3} and farm.runs.deliveries(run_id)[victim] == 4
+    states = farm.runs.states(run_id)
+    lost = {s: state for s, state in states.items() if state in ("queued", "running")}
+    assert not lost, f"every step ended: {lost}"
+    downstream = {c.id for c in plan.consumers().get(victim, [])}
+    assert all(states[s] == "waiting" for s in downstream), "what needs the failed step never started"
+    folder = Path(farm.runs.meta(run_id)["output_dir"])
+    assert not list(folder.rglob("*.partial")) and not list(
+        farm.farm.settings.artifacts_root().rglob("*.partial")
+    )
 
 
 def test_bad_storyboard_enqueues_nothing(

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from farm.pod_registry import PodRegistry
+from farm.pod_registry import PodRegistry, RegistryKnownHosts
 
 
 def test_a_lease_has_one_holder_and_lapses_by_itself(client: redis.Redis) -> None:
@@ -106,3 +106,16 @@ def test_one_worker_at_a_time_sets_a_pod_up(client: redis.Redis) -> None:
         pass
     with pods.setup_lock("p8", ttl_s=30, wait_s=0.3):
         pass  # released: the next worker gets it at once
+
+
+def test_a_new_host_key_is_taken_only_within_the_window_the_pool_opened(client: redis.Redis) -> None:
+    registry = PodRegistry(client)
+    registry.register("pod-k", "farm-gpu-k", gpu="A100", cost_per_hr=1.19)
+    known = RegistryKnownHosts(registry)
+    assert not known.expects_new_key("pod-k"), "a pod the pool did not just start shows no new key"
+    known.expect_new_key("pod-k", within_s=60)
+    assert known.expects_new_key("pod-k")
+    known.pin("pod-k", "ssh-ed25519 AAAAfirst")
+    assert not known.expects_new_key("pod-k"), "the first contact pinned it and closed the window"
+    known.expect_new_key("pod-k", within_s=-1)  # resumed, but the window has passed
+    assert known.get("pod-k") is None and not known.expects_new_key("pod-k")
