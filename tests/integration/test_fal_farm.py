@@ -194,6 +194,32 @@ def test_5xx_and_429_storms_are_retried_boundedly_and_counted(
     assert max(retries) <= 8
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
+def test_dropped_submit_responses_cost_at_most_one_extra_request_each_and_the_run_finishes(
+    fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
+) -> None:
+    """fal takes some submits and the answer never comes back. The farm cannot know whether the request
+    exists, so it keeps the claim for the grace period (60 s) and then submits once more, marking the step
+    `unconfirmed_submit` (docs/fal.md, "the one remaining window"): at most two requests for those steps,
+    one for every other."""
+    path = write_episode(tmp_path, variant(sample_doc, "DRP"), registry_doc)
+    before = len(fal_farm.emulator.ledger())
+    fal_farm.emulator.set_faults(Faults(drop_submit_response_rate=0.5, seed=7))
+    try:
+        run_id, plan = fal_farm.submit(path)
+        deadline = time.monotonic() + 120
+        while len(fal_farm.emulator.ledger()) < before + 8:  # the first submits, half of them unanswered
+            assert time.monotonic() < deadline, snapshot(fal_farm.runs, run_id).counts
+            time.sleep(0.05)
+    finally:
+        fal_farm.emulator.set_faults(Faults())  # the submits after the grace get their answers
+    assert fal_farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(fal_farm.runs, run_id).failures
+    unconfirmed = unconfirmed_submits(fal_farm, run_id)
+    assert unconfirmed, "some steps waited out the grace after their submit's answer was dropped"
+    assert_one_submit_per_paid_step(fal_farm.emulator, plan, unconfirmed)
+
+
 def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
