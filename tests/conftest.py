@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import pytest
+import redis
 
+from farm.redis_server import RedisServer
 from farm.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,27 @@ SAMPLE_TOTALS = {
 def load_doc(path: Path) -> Doc:
     doc: Doc = json.loads(path.read_text("utf-8"))
     return doc
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server for the session, started when a test first asks for it. It requires a
+    password, as the farm's own does: the URL carries it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), secrets.token_urlsafe(18))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """The session's Redis, emptied for each test."""
+    r = redis.Redis.from_url(redis_url)
+    r.flushdb()
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import re
 import time
 import tomllib
 import tracemalloc
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,7 @@ from farm.dispatch import deliverables_dir
 from farm.jsonfile import MAX_INPUT_BYTES, read_json
 from farm.plan import build_plan
 from farm.problems import InputError, printable
-from farm.redis_server import RedisServer
 from farm.state import RunStore
-from farm.supervisor import free_port
 from farm.validate import load_episode
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -87,29 +84,6 @@ def _case(entry: dict[str, Any]) -> Case:
 
 MANIFEST: list[dict[str, Any]] = tomllib.loads((MALFORMED / "cases.toml").read_text("utf-8"))["case"]
 CASES = [_case(entry) for entry in MANIFEST]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real redis-server for the module: a refused submit must leave it exactly as it was."""
-    server = RedisServer(tmp_path_factory.mktemp("corpus-redis"), free_port())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def farm_redis(redis_url: str) -> Iterator[redis.Redis]:
-    """The module's Redis, empty at the start of each test and emptied after it."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture
@@ -183,9 +157,9 @@ def test_partners_are_valid() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_malformed_file_is_refused_and_nothing_enqueued(
-    case: Case, farm_redis: redis.Redis, farm_env: dict[str, str]
+    case: Case, client: redis.Redis, farm_env: dict[str, str]
 ) -> None:
-    assert_refused_everywhere(case.storyboard, case.registry, case.problems, farm_redis, farm_env)
+    assert_refused_everywhere(case.storyboard, case.registry, case.problems, client, farm_env)
 
 
 # --- files too big to commit ---------------------------------------------------------------------------
@@ -193,7 +167,7 @@ def test_malformed_file_is_refused_and_nothing_enqueued(
 
 @pytest.mark.parametrize("document", ["storyboard", "registry"])
 def test_huge_sparse_file_is_refused_by_its_size_without_reading_it(
-    document: str, tmp_path: Path, farm_redis: redis.Redis, farm_env: dict[str, str]
+    document: str, tmp_path: Path, client: redis.Redis, farm_env: dict[str, str]
 ) -> None:
     """A 2 GiB file (sparse: it costs no disk) is refused from its size alone, in well under a second and
     without reading it: reading it would take seconds and gigabytes."""
@@ -203,7 +177,7 @@ def test_huge_sparse_file_is_refused_by_its_size_without_reading_it(
     storyboard, registry = (huge, VALID_REGISTRY) if document == "storyboard" else (VALID_STORYBOARD, huge)
     expected = (Expected(huge, "", (f"file is {2 * 1024**3:,} bytes", f"limit is {MAX_INPUT_BYTES:,}")),)
     started = time.monotonic()
-    assert_refused_everywhere(storyboard, registry, expected, farm_redis, farm_env)
+    assert_refused_everywhere(storyboard, registry, expected, client, farm_env)
     assert time.monotonic() - started < 5
 
     tracemalloc.start()
@@ -217,7 +191,7 @@ def test_huge_sparse_file_is_refused_by_its_size_without_reading_it(
 
 
 def test_endless_device_is_refused_after_reading_one_byte_past_the_limit(
-    farm_redis: redis.Redis, farm_env: dict[str, str]
+    client: redis.Redis, farm_env: dict[str, str]
 ) -> None:
     """/dev/zero says it is 0 bytes long and never ends: the read stops one byte past the limit."""
     zero = Path("/dev/zero")
@@ -225,18 +199,18 @@ def test_endless_device_is_refused_after_reading_one_byte_past_the_limit(
         pytest.skip("no /dev/zero here")
     expected = (Expected(zero, "", (f"more than {MAX_INPUT_BYTES:,} bytes",)),)
     started = time.monotonic()
-    assert_refused_everywhere(zero, VALID_REGISTRY, expected, farm_redis, farm_env)
+    assert_refused_everywhere(zero, VALID_REGISTRY, expected, client, farm_env)
     assert time.monotonic() - started < 5
 
 
 def test_many_problems_in_both_files_are_all_reported_at_once(
-    farm_redis: redis.Redis, farm_env: dict[str, str]
+    client: redis.Redis, farm_env: dict[str, str]
 ) -> None:
     """Two broken files of the corpus together: every problem of both, in one refusal."""
     storyboard, registry = MALFORMED / "sb_wrong_types.json", MALFORMED / "reg_traversal_lora_path.json"
     by_file = {c.name: c.problems for c in CASES}
     expected = by_file[storyboard.name] + by_file[registry.name]
-    assert_refused_everywhere(storyboard, registry, expected, farm_redis, farm_env)
+    assert_refused_everywhere(storyboard, registry, expected, client, farm_env)
 
 
 # --- shell metacharacters and path tricks in an otherwise valid storyboard --------------------------------
@@ -245,7 +219,7 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def test_shell_metacharacters_plan_with_every_output_inside_the_run_folder(
-    tmp_path: Path, farm_redis: redis.Redis, farm_env: dict[str, str]
+    tmp_path: Path, client: redis.Redis, farm_env: dict[str, str]
 ) -> None:
     """Prompts, title and unknown fields full of `$(...)`, backticks, `;`, `|`, quotes, newlines and
     `../` are text: the storyboard validates, plans and enqueues, and every file a step writes is named
@@ -271,9 +245,9 @@ def test_shell_metacharacters_plan_with_every_output_inside_the_run_folder(
     submitted = farm("submit", METACHARS, "--registry", VALID_REGISTRY, "--out", out, env=farm_env)
     assert submitted.exit_code == 0, submitted.output
     run_id = submitted.stdout.strip()
-    runs = RunStore(farm_redis)
+    runs = RunStore(client)
     assert runs.exists(run_id)
-    assert list(farm_redis.scan_iter("farm:*")), "the submit must be visible, or the refusals prove nothing"
+    assert list(client.scan_iter("farm:*")), "the submit must be visible, or the refusals prove nothing"
     assert Path(runs.meta(run_id)["output_dir"]) == folder
     for step in runs.steps(run_id).values():
         for name in step.outputs:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import threading
 import time
@@ -21,33 +20,13 @@ from farm import dispatch
 from farm.artifacts import namespace_for
 from farm.plan import Plan, build_plan
 from farm.progress import snapshot
-from farm.redis_server import RedisServer
 from farm.redis_values import as_text
 from farm.retake import run_source
 from farm.state import RunStore
-from farm.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers
+from farm.supervisor import Farm, FlowerAccess, restart_exited_workers
 from farm.validate import load_episode
 from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server that requires a password, as the farm's own does: the URL carries it."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), secrets.token_urlsafe(18))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    r.flushdb()
-    yield r
-    r.close()
 
 
 @pytest.fixture
