@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -22,8 +24,9 @@ from farm.plan import Plan, build_plan
 from farm.progress import snapshot
 from farm.redis_values import as_text
 from farm.retake import run_source
+from farm.settings import Settings
 from farm.state import RunStore
-from farm.supervisor import Farm, FlowerAccess, restart_exited_workers
+from farm.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers, start_farm, stop_farm
 from farm.validate import load_episode
 from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
@@ -155,6 +158,31 @@ def assert_secret_appears_nowhere(
     for where, data in farm_contents(handle, flower, shown):
         for needle in needles:
             assert needle not in data, f"{needle[:8]!r}... found in {where!r}"
+
+
+@contextmanager
+def running_farm(
+    home: Path,
+    env: Mapping[str, str],
+    queues: tuple[str, ...],
+    *,
+    flower: bool = False,
+    settings: Settings | None = None,
+) -> Iterator[Farm]:
+    """A farm whose processes see `env` (its settings are read from it unless given), on a free Redis port
+    with Redis's data under <home>/private; stopped warmly at the end."""
+    with mock.patch.dict(os.environ, env):
+        farm = start_farm(
+            settings or Settings(),
+            queues=queues,
+            flower=flower,
+            redis_port=free_port(),
+            private_dir=home / "private",
+        )
+    try:
+        yield farm
+    finally:
+        stop_farm(farm)
 
 
 @contextmanager

@@ -7,19 +7,15 @@ not in `make test`.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 from farm.progress import snapshot
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
-from tests.integration.conftest import FarmHandle, supervised
+from tests.integration.conftest import FarmHandle, running_farm, supervised
 from workers.media import probe
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -32,15 +28,8 @@ ENCODING_KINDS = ("video", "ken_burns", "hold", "concat")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
     home = tmp_path_factory.mktemp("post-chaos")
     env = {"FARM_HOME": str(home), "FARM_ENGINE": "local", "FARM_TIME_LIMIT_SCALE": "0.02"}
-    with mock.patch.dict(os.environ, env):
-        running = start_farm(
-            Settings(), queues=("post",), flower=False, redis_port=free_port(), private_dir=home / "p"
-        )
-    try:
-        with supervised(running):
-            yield FarmHandle(running, home / "out")
-    finally:
-        stop_farm(running)
+    with running_farm(home, env, ("post",)) as running, supervised(running):
+        yield FarmHandle(running, home / "out")
 
 
 def test_the_post_worker_killed_mid_ffmpeg_loses_nothing(farm: FarmHandle, sample_path: Path) -> None:

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from unittest import mock
 
 import httpx
 import pytest
@@ -30,11 +29,10 @@ from farm.cli import app
 from farm.cli_runtime import PAUSED
 from farm.plan import Plan, build_plan
 from farm.progress import snapshot
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, start_worker, stop_farm
+from farm.supervisor import free_port, start_worker
 from farm.validate import load_episode
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm
 from workers.emulators.fal_server import FalEmulator, Faults
 
 FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
@@ -55,7 +53,7 @@ def running_fal_farm(
     `env` adds or overrides farm settings; `flower` starts Flower too (its generated password in
     <home>/flower.json, as `farm up` does)."""
     emulator = FalEmulator(latency_scale=latency_scale, key=FAKE_FAL_SECRET).start()
-    settings_env = {
+    farm_env = {
         "FARM_HOME": str(home),
         "FAL_KEY": FAKE_FAL_SECRET,
         "FARM_FAL_URL": emulator.url,
@@ -68,21 +66,9 @@ def running_fal_farm(
         **(env or {}),
     }
     try:
-        with mock.patch.dict(os.environ, settings_env):
-            farm = start_farm(
-                Settings(),
-                queues=("cloud", "post"),
-                flower=flower,
-                redis_port=free_port(),
-                private_dir=home / "private",
-            )
-    except BaseException:
-        emulator.stop()
-        raise
-    try:
-        yield FalFarm(farm, home / "out", "fal", emulator=emulator)
+        with running_farm(home, farm_env, ("cloud", "post"), flower=flower) as farm:
+            yield FalFarm(farm, home / "out", "fal", emulator=emulator)
     finally:
-        stop_farm(farm)
         emulator.stop()
 
 

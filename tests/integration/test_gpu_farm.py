@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import asyncssh
 import httpx
@@ -29,9 +28,9 @@ from farm.plan import Plan
 from farm.pod_registry import PodRegistry, RegistryKnownHosts
 from farm.progress import snapshot
 from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, start_worker, stop_farm
+from farm.supervisor import free_port, start_worker
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm
 from workers.comfy_pod import START_SCRIPT, ComfyOnPod, CustomNode
 from workers.comfy_workflows import load_workflow
 from workers.comfyui import prompt_id_for
@@ -165,30 +164,17 @@ def running_gpu_farm(home: Path) -> Iterator[GpuFarm]:
         "FARM_COMFY_CUSTOM_NODES": node_repository(home / "nodes", "farm-first-node"),
     }
     try:
-        with mock.patch.dict(os.environ, env):
-            settings = Settings()
-            farm = start_farm(
-                settings,
-                queues=("gpu", "post"),
-                flower=False,
-                redis_port=free_port(),
-                private_dir=home / "private",
+        with running_farm(home, env, ("gpu", "post")) as farm:
+            yield GpuFarm(
+                farm,
+                home / "out",
+                "comfyui",
+                runpod=runpod,
+                fleet=fleet,
+                settings=farm.settings,
+                env={**env, "FARM_REDIS_URL": farm.broker_url},
             )
-    except BaseException:
-        runpod.stop()
-        raise
-    try:
-        yield GpuFarm(
-            farm,
-            home / "out",
-            "comfyui",
-            runpod=runpod,
-            fleet=fleet,
-            settings=settings,
-            env={**env, "FARM_REDIS_URL": farm.broker_url},
-        )
     finally:
-        stop_farm(farm)
         runpod.stop()
 
 

@@ -4,12 +4,10 @@ a certificate it trusts: a plain JSON message, and messages signed with another 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 from celery.security.certificate import Certificate
@@ -18,10 +16,9 @@ from celery.security.serialization import SecureSerializer
 
 from farm.progress import snapshot
 from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
 from tasks.app import make_app
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle
+from tests.integration.conftest import FarmHandle, running_farm
 from tests.signing_keys import make_signing_pair
 
 
@@ -35,14 +32,8 @@ def signed_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle
     store.mkdir()
     (store / "farm.pem").write_bytes(cert.read_bytes())
     settings = Settings(home=home, signing_key=key, signing_cert=cert, signing_cert_store=store)
-    with mock.patch.dict(os.environ, {"FARM_HOME": str(home)}):
-        running = start_farm(
-            settings, queues=("post",), flower=False, redis_port=free_port(), private_dir=home / "private"
-        )
-    try:
+    with running_farm(home, {"FARM_HOME": str(home)}, ("post",), settings=settings) as running:
         yield FarmHandle(running, home / "out")
-    finally:
-        stop_farm(running)
 
 
 def one_shot(folder: Path, sample_doc: Doc, registry_doc: Doc) -> Path:
