@@ -104,7 +104,7 @@ class RunLedger:
             return None
         return self.budget_usd - self.spent_usd - self.in_flight_usd
 
-    def describe(self) -> str:
+    def describe(self, run_id: str) -> str:
         """One line for `farm status`: the budget, and when paused why and how to go on."""
         spent = f"spent {usd(self.spent_usd)}, in flight {usd(self.in_flight_usd)}"
         if self.budget_usd is None:
@@ -114,25 +114,24 @@ class RunLedger:
             need = f" needs at least {usd(self.needed_usd)}" if self.needed_usd is not None else ""
             line += (
                 f"; paused: {self.held} step(s) wait for more budget, the next{need}. "
-                "Raise it with `farm budget RUN USD`"
+                f"Raise it with `farm budget {run_id} USD`"
             )
         return line
 
 
-def read_ledger(runs: RunStore, run_id: str, scheduler: Scheduler | None = None) -> RunLedger:
-    """The run's budget, spent money, estimates in flight and held steps, as admission counts them."""
-    sched = scheduler or Scheduler(runs.r)
+def read_ledger(runs: RunStore, run_id: str, states: Mapping[str, str] | None = None) -> RunLedger:
+    """The run's budget, spent money, estimates in flight and held steps, as admission counts them.
+    `states`: the run's step states when the caller has just read them."""
     pipe = runs.r.pipeline(transaction=False)
     pipe.hmget(runs.key(run_id), [BUDGET_FIELD, SPENT_FIELD, NEED_FIELD])
     pipe.hgetall(runs.key(run_id, "reserved"))
-    pipe.hgetall(runs.key(run_id, "state"))
-    (limit, spent, need), reserved, states = pipe.execute()
-    live = as_texts(states)
+    (limit, spent, need), reserved = pipe.execute()
+    live = runs.states(run_id) if states is None else states
     in_flight = sum(
         (from_micros(v) for k, v in as_texts(reserved).items() if live.get(k) in ("queued", "running")),
         Decimal(0),
     )
-    held = sum(len(steps) for steps in sched.held_of(run_id).values())
+    held = sum(len(steps) for steps in Scheduler(runs.r).held_of(run_id).values())
     return RunLedger(
         budget_usd=from_micros(limit) if limit is not None else None,
         spent_usd=from_micros(spent) if spent is not None else Decimal(0),

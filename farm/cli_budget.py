@@ -34,12 +34,14 @@ BudgetOpt = Annotated[
 
 def budget_option(text: str | None, default: Decimal | None) -> Decimal | None:
     """The `--budget` value, or the settings' default when it is not given; exit 2 on a bad amount."""
-    if text is None:
-        return default
+    return default if text is None else _parsed(text, "--budget")
+
+
+def _parsed(text: str, what: str) -> Decimal | None:
     try:
         return parse_budget(text)
     except ValueError as exc:
-        print(f"--budget: {exc}", file=sys.stderr)
+        print(f"{what}: {exc}", file=sys.stderr)
         raise typer.Exit(INPUT_ERROR) from exc
 
 
@@ -55,16 +57,12 @@ def budget_command(
     runs, sender = connect(load_settings())
     require_run(runs, run_id)
     if amount is not None:
-        try:
-            limit = parse_budget(amount)
-        except ValueError as exc:
-            print(str(exc), file=sys.stderr)
-            raise typer.Exit(INPUT_ERROR) from exc
+        limit = _parsed(amount, "USD")
         admitted = dispatch.set_budget(runs, sender, run_id, limit)
         shown = "none" if limit is None else usd(limit)
         console.print(f"{run_id}: budget {shown}; {len(admitted)} held step(s) admitted")
     ledger = read_ledger(runs, run_id)
-    console.print(escape(ledger.describe().replace("RUN", run_id)))
+    console.print(escape(ledger.describe(run_id)))
 
 
 def register(app: typer.Typer) -> None:

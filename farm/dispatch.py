@@ -178,14 +178,11 @@ def set_budget(
 ) -> list[Admitted]:
     """Give the run a new budget (None: no limit). Steps that waited for budget go back to their ready
     sets, keeping their rank, and are admitted if they fit now; the rest wait again."""
-    sched = scheduler or Scheduler(runs.r)
-    pipe = runs.r.pipeline(transaction=True)
     if usd is None:
-        pipe.hdel(runs.key(run_id), budget.BUDGET_FIELD)
+        runs.r.hdel(runs.key(run_id), budget.BUDGET_FIELD)
     else:
-        pipe.hset(runs.key(run_id), budget.BUDGET_FIELD, str(budget.to_micros(usd)))
-    pipe.execute()
-    return readmit_held(runs, sender, run_id, sched)
+        runs.r.hset(runs.key(run_id), budget.BUDGET_FIELD, str(budget.to_micros(usd)))
+    return readmit_held(runs, sender, run_id, scheduler or Scheduler(runs.r))
 
 
 def readmit_held(runs: RunStore, sender: Sender, run_id: str, scheduler: Scheduler) -> list[Admitted]:

@@ -115,7 +115,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         spent_usd=replaced
         + sum((_actual(info.get(i, {})) for i in steps if states.get(i) in DONE), Decimal(0)),
         earlier_takes_usd=replaced,
-        ledger=read_ledger(runs, run_id),
+        ledger=read_ledger(runs, run_id, states),
         shots=[
             replace(
                 _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews),

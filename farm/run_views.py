@@ -75,7 +75,7 @@ def print_status(console: Console, progress: RunProgress) -> None:
     ledger = progress.ledger
     if ledger is not None and (ledger.budget_usd is not None or ledger.paused):
         style = "yellow" if ledger.paused else ""
-        line = escape(ledger.describe().replace("RUN", progress.run_id))
+        line = escape(ledger.describe(progress.run_id))
         console.print(f"[{style}]{line}[/]" if style else line)
     for failure in progress.failures:
         where = f"shot {failure.shot}" if failure.shot is not None else "episode"

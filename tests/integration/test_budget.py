@@ -91,7 +91,7 @@ def test_a_budget_admits_paid_steps_only_while_they_fit_and_pauses_the_run(
     assert ledger.in_flight_usd == cost_of(plan, sent_paid), "admitted paid steps are reserved at estimate"
     assert ledger.held == len(roots) - len(sent_paid) > 0
     assert ledger.paused and ledger.needed_usd is not None and ledger.needed_usd > limit
-    assert "paused" in ledger.describe() and "farm budget" in ledger.describe()
+    assert "paused" in ledger.describe(run_id) and f"farm budget {run_id} USD" in ledger.describe(run_id)
     held = Scheduler(client).held_of(run_id)
     assert sorted(s for steps in held.values() for s in steps) == sorted(
         r.id for r in roots if r.id not in sent_paid
