@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from farm.child_process import tied_to_parent
 from farm.credentials import kept_credentials
 from farm.redis_access import embedded_password, redis_url
@@ -81,6 +83,8 @@ def start_farm(
             _start_flower(farm)
         for queue in queues:
             _wait_for_log(farm.log_dir / f"worker-{queue}.log", " ready.", farm.workers[queue], 60)
+        if flower:
+            _wait_for_flower_events(farm, queues, 60)
     except BaseException:
         stop_farm(farm)
         raise
@@ -228,6 +232,35 @@ def _start_flower(farm: Farm) -> None:
     command = flower_command("127.0.0.1", port)
     farm.flower = _spawn(farm, command, "flower.log", {"FLOWER_BASIC_AUTH": f"{user}:{password}"})
     farm.flower_access = FlowerAccess(f"http://127.0.0.1:{port}", user, password, generated)
+
+
+def _wait_for_flower_events(farm: Farm, queues: tuple[str, ...], timeout_s: float) -> None:
+    """Wait until Flower has heard every worker through the event stream. Events are fanned out to
+    whoever listens at the moment; a step sent before Flower subscribes would show there without its name
+    and arguments (and the farm's first steps are sent right after start)."""
+    assert farm.flower is not None and farm.flower_access is not None
+    access = farm.flower_access
+    deadline = time.monotonic() + timeout_s
+    while not _flower_hears(access, queues):
+        if farm.flower.poll() is not None:
+            raise RuntimeError(f"flower exited with status {farm.flower.returncode}; see {farm.log_dir}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"flower heard no events after {timeout_s:g} s; see {farm.log_dir}")
+        time.sleep(0.2)
+
+
+def _flower_hears(access: FlowerAccess, queues: tuple[str, ...]) -> bool:
+    """Whether Flower's event state (its /workers view, not a live inspect) holds a worker of each queue."""
+    try:
+        answer = httpx.get(
+            f"{access.url}/workers", params={"json": 1}, auth=(access.user, access.password), timeout=5
+        )
+    except httpx.TransportError:
+        return False  # not listening yet
+    if answer.status_code != 200:
+        return False
+    names = [str(worker.get("hostname", "")) for worker in answer.json().get("data", [])]
+    return all(any(name.startswith(f"{queue}.") for name in names) for queue in queues)
 
 
 def _wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
