@@ -1,13 +1,15 @@
-"""Read a JSON input file defensively: size cap, UTF-8 check and parse errors with their position."""
+"""Read a JSON input file defensively: size cap, UTF-8 check, parse errors with their position, and keys
+given twice in one object (JSON keeps the last silently, so half of what the author wrote would vanish)."""
 
 from __future__ import annotations
 
 import codecs
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.problems import InputError, Problem
+from farm.problems import InputError, Problem, field_path
 
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 """Storyboards and registries are a few kB; anything past this is a mistake, not an episode."""
@@ -31,8 +33,25 @@ class _NumberTooLong(ValueError):
         self.digits = digits
 
 
+@dataclass(frozen=True)
+class JsonFile:
+    """A parsed input file and the keys it gives twice: the file is whole, but not what its author meant,
+    so those are problems to report beside the schema's own."""
+
+    document: Any
+    problems: list[Problem]
+
+
 def read_json(path: Path, *, max_bytes: int = MAX_INPUT_BYTES) -> Any:
     """Return the parsed document, or raise InputError saying where the file is broken."""
+    loaded = load_json(path, max_bytes=max_bytes)
+    if loaded.problems:
+        raise InputError(loaded.problems)
+    return loaded.document
+
+
+def load_json(path: Path, *, max_bytes: int = MAX_INPUT_BYTES) -> JsonFile:
+    """Parse the file; raise InputError if it cannot be read or parsed, list keys given twice otherwise."""
     name = str(path)
     raw = _read_bounded(path, name, max_bytes)
     text = _decode(raw, name)
@@ -40,8 +59,9 @@ def read_json(path: Path, *, max_bytes: int = MAX_INPUT_BYTES) -> Any:
         what = "holds only whitespace" if text else "is empty"
         message = f"invalid JSON at line 1, column 1: the file {what}; expected a JSON object"
         raise InputError([Problem(name, "", message)])
+    repeats = _RepeatedKeys()
     try:
-        return json.loads(text, parse_int=_parse_int)
+        document = json.loads(text, parse_int=_parse_int, object_pairs_hook=repeats.object)
     except json.JSONDecodeError as exc:
         message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise InputError([Problem(name, "", message)]) from None
@@ -55,6 +75,41 @@ def read_json(path: Path, *, max_bytes: int = MAX_INPUT_BYTES) -> Any:
         raise InputError([Problem(name, "", message)]) from None
     except RecursionError:
         raise InputError([Problem(name, "", "invalid JSON: nested too deeply")]) from None
+    return JsonFile(document, repeats.problems(document, name))
+
+
+class _RepeatedKeys:
+    """json's object hook: builds each object as json would and remembers which keys it saw twice."""
+
+    def __init__(self) -> None:
+        self._by_object: dict[int, dict[str, int]] = {}
+
+    def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        built = dict(pairs)
+        if len(built) < len(pairs):
+            counts: dict[str, int] = {}
+            for key, _ in pairs:
+                counts[key] = counts.get(key, 0) + 1
+            self._by_object[id(built)] = {k: n for k, n in counts.items() if n > 1}
+        return built
+
+    def problems(self, document: Any, name: str) -> list[Problem]:
+        """One problem per repeated key, at its field path (objects are found by walking the document,
+        without recursion: a parsed document may be nested deeper than Python's stack)."""
+        if not self._by_object:
+            return []
+        found: list[Problem] = []
+        stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
+        while stack:
+            node, where = stack.pop()
+            if isinstance(node, dict):
+                for key, times in self._by_object.get(id(node), {}).items():
+                    message = f"given {times} times in one object; only the last would count, so give it once"
+                    found.append(Problem(name, field_path((*where, key)), message))
+                stack.extend((value, (*where, key)) for key, value in node.items())
+            elif isinstance(node, list):
+                stack.extend((value, (*where, i)) for i, value in enumerate(node))
+        return sorted(found)
 
 
 def _read_bounded(path: Path, name: str, max_bytes: int) -> bytes:

@@ -79,11 +79,15 @@ def write_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "manifest.json"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(doc, handle, indent=2, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, indent=2, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half manifest beside the deliverables
+        raise
     store.put_file(manifest_key(meta["namespace"], run_id), target)
     runs.r.hset(runs.key(run_id), "manifest", str(target))
     return target

@@ -10,7 +10,7 @@ from typing import Any
 
 from farm.approaches import CONTINUITY_TARGETS, REQUIRED_PROMPTS, PromptField, frames_of
 from farm.engines import IMAGE_ENGINES
-from farm.jsonfile import read_json
+from farm.jsonfile import load_json
 from farm.loras import Casting, cast_shot
 from farm.problems import InputError, Problem
 from farm.prompts import image_prompt_is_empty
@@ -50,14 +50,17 @@ def load_episode(storyboard_path: Path, registry_path: Path | None = None) -> Ep
     problems: list[Problem] = []
     registry_doc: Any = None
     try:
-        registry_doc = read_json(registry_path)
+        registry_file = load_json(registry_path)
+        registry_doc = registry_file.document
+        problems += registry_file.problems
     except InputError as exc:
         problems += exc.problems
     try:
-        storyboard_doc = read_json(storyboard_path)
+        storyboard_file = load_json(storyboard_path)
     except InputError as exc:
         raise InputError(exc.problems + problems) from None
-    return check_episode(storyboard_doc, registry_doc, storyboard_path, registry_path, problems)
+    problems = storyboard_file.problems + problems
+    return check_episode(storyboard_file.document, registry_doc, storyboard_path, registry_path, problems)
 
 
 def check_episode(

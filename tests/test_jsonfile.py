@@ -68,3 +68,25 @@ def test_deeply_nested_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
     assert "JSON" in problem_of(path).message
+
+
+def test_keys_given_twice_are_problems_at_their_field_paths(tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text('{"a": 1, "b": [{"c": 1, "c": 2}, {"d": {"e": 0, "e": 0, "e": 1}}], "a": 2}')
+    with pytest.raises(InputError) as exc:
+        read_json(path)
+    assert [(p.field, p.message.split(";")[0]) for p in exc.value.problems] == [
+        ("a", "given 2 times in one object"),
+        ("b[0].c", "given 2 times in one object"),
+        ("b[1].d.e", "given 3 times in one object"),
+    ]
+
+
+def test_a_deeply_nested_document_is_walked_for_repeated_keys_without_recursion(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    depth = 900  # parses, and deeper than what a recursive walk could take beside the test's own frames
+    path.write_text("[" * depth + '{"k": 1, "k": 2}' + "]" * depth)
+    with pytest.raises(InputError) as exc:
+        read_json(path)
+    [problem] = exc.value.problems
+    assert problem.field == "[0]" * depth + ".k"

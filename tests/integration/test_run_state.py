@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 from pathlib import Path
 
 import pytest
 import redis
 
+from farm import manifest
 from farm.dispatch import step_ended
 from farm.plan import Plan, build_plan
 from farm.review import gated_steps
 from farm.scheduler import Scheduler
 from farm.state import RunStore
+from farm.storage import LocalStore
 from farm.validate import load_episode
 
 
@@ -201,3 +206,23 @@ def test_a_hop_survives_redis_forgetting_its_scripts(client: redis.Redis, sample
     assert sorted(a.step_id for a in admitted) == sorted(completion.released) == sorted(sent)
     assert not set(sent) & set(runs.outbox("r8")), "sent, so out of the outbox"
     assert runs.deliveries("r8")[root] == 1
+
+
+def test_a_manifest_the_disk_cannot_hold_leaves_no_temp_file_beside_the_deliverables(
+    client: redis.Redis, sample_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = sample_plan(sample_path)
+    runs = RunStore(client)
+    out = tmp_path / "deliverables"
+    drain(runs, "r-manifest", runs.create("r-manifest", plan, {"output_dir": str(out), "namespace": "LEV"}))
+
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        manifest.write_manifest(runs, LocalStore(tmp_path / "store"), "r-manifest")
+    assert list(out.iterdir()) == [], "neither a manifest nor its temp file"
+    monkeypatch.undo()
+    written = manifest.write_manifest(runs, LocalStore(tmp_path / "store"), "r-manifest")
+    assert [p.name for p in out.iterdir()] == ["manifest.json"] and written == out / "manifest.json"
