@@ -6,11 +6,14 @@ the task layer hands it local input files and local output paths, and stores wha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
+
+from farm.storage import DISK_FULL
 
 
 class EngineError(Exception):
@@ -28,6 +31,19 @@ class TransientError(EngineError):
 class CapacityWait(TransientError):
     """Nothing failed: a provider cap, a full pod pool or a GPU type out of stock. The step waits
     `retry_after_s` without using up one of its retries."""
+
+
+@contextlib.contextmanager
+def scratch_room(folder: Path) -> Iterator[None]:
+    """Around a download into the worker's scratch folder: a full disk there is a TransientError, since
+    the paid output stays at the provider (fal's request, the pod's ComfyUI history) for a later attempt
+    to fetch once there is room, instead of failing a step that was already paid for."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise TransientError(f"no room to download the output into {folder}: {exc.strerror}") from exc
 
 
 class PermanentError(EngineError):

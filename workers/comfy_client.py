@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from workers.base import PermanentError, TransientError
+from workers.base import PermanentError, TransientError, scratch_room
 
 
 class ComfyClient:
@@ -60,7 +60,7 @@ class ComfyClient:
         }
         tmp = dest.with_name(f".{dest.name}.part")
         try:
-            with self.http.stream("GET", "/view", params=params) as response:
+            with scratch_room(dest.parent), self.http.stream("GET", "/view", params=params) as response:
                 if response.status_code != 200:
                     raise PermanentError(
                         f"ComfyUI could not serve {ref['filename']} (HTTP {response.status_code})"

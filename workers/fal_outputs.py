@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from workers.base import ContentPolicyError, PermanentError, StepJob, TransientError
+from workers.base import ContentPolicyError, PermanentError, StepJob, TransientError, scratch_room
 from workers.media import probe
 
 MAX_DOWNLOAD_BYTES = 1 << 30
@@ -63,7 +63,7 @@ def _download(url: str, dest: Path) -> None:
     """Stream to a temporary file beside `dest`, then rename: a half download is never an output."""
     tmp = dest.with_name(f".{dest.name}.part")
     try:
-        with _download_client().stream("GET", url) as response:
+        with scratch_room(dest.parent), _download_client().stream("GET", url) as response:
             if response.status_code >= 500:
                 raise TransientError(f"downloading the output failed with HTTP {response.status_code}")
             if response.status_code != 200:

@@ -43,7 +43,7 @@ from typing import IO, Protocol
 
 import paramiko  # type: ignore[import-untyped, unused-ignore]
 
-from workers.base import EngineError, PermanentError, TransientError
+from workers.base import EngineError, PermanentError, TransientError, scratch_room
 
 LOG = logging.getLogger(__name__)
 
@@ -381,7 +381,11 @@ class PodShell:
         local = Path(local)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            with tmp.open("wb") as fh, self._sftp_boundary(f"downloading {remote}") as sftp:
+            with (
+                scratch_room(local.parent),
+                tmp.open("wb") as fh,
+                self._sftp_boundary(f"downloading {remote}") as sftp,
+            ):
                 sftp.getfo(remote, fh)
             os.replace(tmp, local)
         finally:
