@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.artifacts import manifest_key, output_keys
+from farm.blocked import blocked_by
 from farm.plan import Step
 from farm.plan_json import money, step_document
 from farm.routing import backend_for
@@ -30,19 +31,22 @@ class _RunData:
     deliveries: dict[str, int]
     counters: dict[str, dict[str, int]]
     backends: dict[str, str]
+    blocked: dict[str, tuple[str, ...]]
 
 
 def build_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> dict[str, Any]:
     meta = runs.meta(run_id)
     steps = runs.steps(run_id)
     info = runs.info(run_id)
+    states = runs.states(run_id)
     data = _RunData(
         meta,
-        runs.states(run_id),
+        states,
         info,
         runs.deliveries(run_id),
         runs.counters(run_id),
         runs.backend_overrides(run_id),
+        blocked_by(steps, states),
     )
     replaced = runs.history(run_id)
     rows = [_step_row(s, data, store) for s in steps.values()]
@@ -108,7 +112,8 @@ def _step_row(step: Step, data: _RunData, store: ArtifactStore) -> dict[str, Any
             {"asset_name": name, "path": path, "store": store.locate(key)}
             for name, path, key in zip(step.outputs, _paths(info, step), keys, strict=True)
         ],
-        "state": data.states.get(step.id, ""),
+        "state": "blocked" if step.id in data.blocked else data.states.get(step.id, ""),
+        "blocked_by": list(data.blocked.get(step.id, ())),
         "cached": bool(info.get("cached", False)),
         "deliveries": data.deliveries.get(step.id, 0),
         "retries": counters.get("retries", 0),

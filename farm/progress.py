@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from farm.blocked import blocked_by
 from farm.budget import RunLedger, read_ledger
 from farm.naming import FIRST_TAKE
 from farm.plan import Step
@@ -98,6 +99,8 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     approaches = {int(k): str(v) for k, v in json.loads(meta.get("approaches", "{}")).items()}
     reviews = review_states(runs, run_id, meta, steps, states)
     takes = runs.takes(run_id)
+    blocked = blocked_by(steps, states)
+    shown = {step_id: "blocked" if step_id in blocked else state for step_id, state in states.items()}
     replaced = sum((_actual(info.get(s.id, {})) for s in runs.history(run_id)), Decimal(0))
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
@@ -107,7 +110,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         status=meta.get("status", "unknown"),
         title=f'{meta.get("project", "")} EP{int(meta.get("episode", 0)):03d} "{meta.get("title", "")}"',
         total=len(steps),
-        counts=dict(Counter(states.values())),
+        counts=dict(Counter(shown.values())),
         elapsed_s=ended - created,
         manifest=meta.get("manifest"),
         settled_for_s=time.time() - ended if meta.get("finished_at") else 0.0,
@@ -118,7 +121,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         ledger=read_ledger(runs, run_id, states),
         shots=[
             replace(
-                _shot(n, [s for s in steps.values() if s.shot == n], states, info, approaches, reviews),
+                _shot(n, [s for s in steps.values() if s.shot == n], shown, info, approaches, reviews),
                 take=takes.get(n, FIRST_TAKE) if n is not None else FIRST_TAKE,
             )
             for n in shots
@@ -181,6 +184,8 @@ def _shot_state(states: list[str], done: int) -> str:
         return "running"
     if "held" in states:
         return "held"
+    if "blocked" in states:
+        return "blocked"
     if "cancelled" in states:
         return "cancelled"
     return "waiting"

@@ -21,6 +21,7 @@ STATE_STYLE = {
     "waiting": "dim",
     "cancelled": "yellow",
     "held": "magenta",
+    "blocked": "red",
 }
 
 
@@ -80,6 +81,11 @@ def print_status(console: Console, progress: RunProgress) -> None:
     for failure in progress.failures:
         where = f"shot {failure.shot}" if failure.shot is not None else "episode"
         console.print(f"[red]failed[/] {where} {failure.label}: {escape(failure.reason)}")
+    if blocked := progress.counts.get("blocked", 0):
+        console.print(
+            f"[red]blocked[/] {blocked} step(s) wait on a failed step and cannot start; "
+            f"`farm retake {progress.run_id} SHOT` renders a failed shot again"
+        )
 
 
 def watch(console: Console, poll: Callable[[], RunProgress], interval_s: float = 0.5) -> RunProgress:

@@ -53,6 +53,9 @@ def test_a_fal_request_that_never_completes_is_cancelled_and_fails_only_its_bran
         manifest = json.loads(Path(farm.runs.meta(run_id)["manifest"]).read_text())
         record = next(r for r in manifest["steps"] if r["id"] == stalled.id)
         assert record["state"] == "failed" and record["error"] == reason, "the manifest says why"
+        blocked = {r["id"]: r["blocked_by"] for r in manifest["steps"] if r["state"] == "blocked"}
+        assert blocked == {s: [stalled.id] for s in downstream(plan, [stalled.id])}, "and what it stops"
+        assert snapshot(farm.runs, run_id).counts.get("blocked") == len(blocked)
 
         entry = next(e for e in farm.emulator.ledger() if e["payload"]["seed"] == stalled.params["seed"])
         result = httpx.get(
