@@ -150,14 +150,19 @@ def reconcile(
         ),
     ] = None,
 ) -> None:
-    """One reconcile pass now: send what is left in outboxes and steps whose Celery message is lost."""
+    """One reconcile pass now: send what is left in outboxes and steps whose Celery message is lost, and put
+    back the messages of steps a gone worker was running."""
     settings = load_settings()
     runs, sender = connect(settings)
     wait = settings.reconcile_every_s if grace is None else grace
-    result = run_reconcile(runs, sender, Scheduler(runs.r), grace_s=wait)
+    result = run_reconcile(runs, sender, Scheduler(runs.r), grace_s=wait, restore=sender.restore)
     console.print(
         f"sent {result.from_outbox} step(s) left in an outbox, {result.resent} whose message was lost; "
         f"{result.missing} without a message for less than {wait:g} s (sent by a later pass if still so)"
+    )
+    console.print(
+        f"put back {result.restored} step(s) a gone worker was running; {result.orphaned} more found "
+        "running on a gone worker (put back by a later pass if still so)"
     )
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import redis
 import typer
 from rich.console import Console
 
-from farm.dispatch import Sender
 from farm.redis_access import safe_url as safe_url  # re-exported: farm.cli imports it from here
 from farm.redis_server import is_up
 from farm.settings import Settings
 from farm.state import RunStore
+
+if TYPE_CHECKING:
+    from tasks.sender import CelerySender
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 """Piped output (CI, files) gets a fixed width instead of rich's narrow default."""
@@ -26,7 +28,7 @@ PAUSED = 3
 RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
 
 
-def connect(settings: Settings) -> tuple[RunStore, Sender]:
+def connect(settings: Settings) -> tuple[RunStore, CelerySender]:
     """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
     from tasks.app import broker_url, make_app, signing_of
     from tasks.sender import CelerySender

@@ -10,7 +10,8 @@ them again. The state machine runs a step once and paid steps resume their store
 sent twice by a race costs nothing.
 
 It also does what a worker does when it starts (`dispatch.resend_unsent`): offer and send what is still
-in an outbox, here only what a pass a grace period earlier found there too. Workers run it every
+in an outbox, here only what a pass a grace period earlier found there too; and, given a way to put a
+message back, it hands a dead worker's running steps to the others (`farm.orphans`). Workers run it every
 `FARM_RECONCILE_EVERY_S`, one at a time (a lock); `farm reconcile` runs it once.
 """
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
 
+from farm.backlog import UNACKED_KEY, priority_lists
 from farm.dispatch import Sender, resend_outbox, task_id
+from farm.orphans import Delivered, delivered_messages, rescue_orphans
 from farm.redis_values import as_text
 from farm.routing import QUEUES, step_queue
 from farm.scheduler import SEPARATOR, Scheduler, member
@@ -32,10 +35,6 @@ from farm.state import RunStore
 LOCK_KEY = "farm:reconcile:lock"
 MISSING_KEY = "farm:reconcile:missing"
 """Hash: step member -> when a pass first found its message missing."""
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
-"""Kombu's Redis transport keeps a prioritised message in `<queue><sep><step>` (priority 0 in `<queue>`)."""
-UNACKED_KEY = "unacked"
 LIVE_STATES = ("queued", "running")
 
 
@@ -48,19 +47,28 @@ class Reconciled:
     """Sent steps whose message is gone, first seen now: sent again by a later pass if still gone."""
     resent: int
     """Sent steps whose message was gone in two passes: sent again."""
+    orphaned: int = 0
+    """Running steps whose worker is gone, first seen now: their messages go back by a later pass."""
+    restored: int = 0
+    """Messages of a gone worker's running steps put back on their queues now."""
 
 
 def broker_task_ids(client: redis.Redis, queues: Iterable[str] = QUEUES) -> set[str]:
     """Task ids of every message waiting in the queues or delivered and not yet acknowledged."""
+    return broker_view(client, queues)[0]
+
+
+def broker_view(client: redis.Redis, queues: Iterable[str] = QUEUES) -> tuple[set[str], list[Delivered]]:
+    """Task ids of every message waiting or delivered, and the delivered ones' tags, in one read."""
     pipe = client.pipeline(transaction=False)
     for queue in queues:
-        for key in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS)):
+        for key in priority_lists(queue):
             pipe.lrange(key, 0, -1)
-    pipe.hvals(UNACKED_KEY)
+    pipe.hgetall(UNACKED_KEY)
     *lists, unacked = pipe.execute()
     found = {_task_id(raw) for messages in lists for raw in messages}
-    found |= {_task_id(json.loads(raw)[0]) for raw in unacked}
-    return found - {""}
+    found |= {_task_id(json.loads(raw)[0]) for raw in unacked.values()}
+    return found - {""}, delivered_messages(unacked)
 
 
 def _task_id(message: bytes | str | dict[str, object]) -> str:
@@ -71,12 +79,19 @@ def _task_id(message: bytes | str | dict[str, object]) -> str:
 
 
 def reconcile(
-    runs: RunStore, sender: Sender, scheduler: Scheduler, *, grace_s: float, now: float | None = None
+    runs: RunStore,
+    sender: Sender,
+    scheduler: Scheduler,
+    *,
+    grace_s: float,
+    restore: Callable[[str], None] | None = None,
+    now: float | None = None,
 ) -> Reconciled:
     """One pass. A step is sent from its outbox, or sent again for a missing message, only when a pass
-    `grace_s` or more earlier saw it the same way: a live dispatcher's send takes a moment too."""
+    `grace_s` or more earlier saw it the same way: a live dispatcher's send takes a moment too. With
+    `restore` (put a delivered message back on its queue, by tag), a gone worker's running steps too."""
     moment = time.time() if now is None else now
-    present = broker_task_ids(runs.r)
+    present, delivered = broker_view(runs.r)
     seen = {as_text(k): float(v) for k, v in runs.r.hgetall(MISSING_KEY).items()}
     pending: dict[str, float] = {}
 
@@ -111,7 +126,10 @@ def reconcile(
         pipe.hset(MISSING_KEY, mapping={k: str(v) for k, v in pending.items()})
     pipe.execute()
     missing = sum(1 for k in pending if not k.startswith("outbox"))
-    return Reconciled(from_outbox, missing, resent)
+    if restore is None:
+        return Reconciled(from_outbox, missing, resent)
+    orphans = rescue_orphans(runs, delivered, restore, grace_s=grace_s, now=moment)
+    return Reconciled(from_outbox, missing, resent, orphans.seen, orphans.restored)
 
 
 def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:

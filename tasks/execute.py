@@ -52,8 +52,13 @@ FALLBACK_BACKEND = "comfyui"
 MAX_BACKOFF_S = 60.0
 
 
-def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
+def execute(
+    ctx: WorkerContext, run_id: str, step_id: str, *, node: str = "", attempt: int = 0
+) -> Completion | None:
     """Return the completion (steps to release), or None when there was nothing to do.
+
+    `node` (the Celery worker's name) and `attempt` (the message's retry number) are recorded with the
+    claim, so the reconciler can tell a dead worker's running step from a live one's (`farm.orphans`).
 
     A finished step's slot is given back and what it unblocked is sent here, before the bookkeeping that
     nothing waits for. Raises RetryLater or Rerouted when the step must run again later or elsewhere,
@@ -77,7 +82,9 @@ def execute(ctx: WorkerContext, run_id: str, step_id: str) -> Completion | None:
     backend = claim.reads.overrides.get(step_id, meta["backend"])
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started_at = time.time()
-    runs.set_info(run_id, step_id, started_at=started_at, worker=worker, delivery=started)
+    runs.set_info(
+        run_id, step_id, started_at=started_at, worker=worker, delivery=started, node=node, attempt=attempt
+    )
     try:
         cached, result = produce(ctx, run_id, step, meta["namespace"], backend)
         paths = publish(ctx, step, meta["namespace"], Path(meta["output_dir"]))

@@ -26,7 +26,7 @@ class Reconciler:
         if not take_turn(self.ctx.runs.r, self.holder, every):
             return
         ctx = self.ctx
-        result = reconcile(ctx.runs, ctx.sender, ctx.scheduler, grace_s=every)
+        result = reconcile(ctx.runs, ctx.sender, ctx.scheduler, grace_s=every, restore=ctx.sender.restore)
         if result.from_outbox or result.resent:
             log.warning(
                 "reconcile: sent %d step(s) left in an outbox and %d whose message was lost",
@@ -36,4 +36,11 @@ class Reconciler:
         elif result.missing:
             log.info(
                 "reconcile: %d step(s) without a message; sent again next pass if still so", result.missing
+            )
+        if result.restored:
+            log.warning("reconcile: put back %d step(s) a gone worker was running", result.restored)
+        elif result.orphaned:
+            log.info(
+                "reconcile: %d running step(s) on a gone worker; put back next pass if still so",
+                result.orphaned,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from farm.dispatch import task_id
@@ -25,3 +27,10 @@ class CelerySender:
 
     def revoke(self, run_id: str, step_ids: list[str]) -> None:
         self.app.control.revoke([task_id(run_id, s) for s in step_ids])
+
+    def restore(self, delivery_tag: str) -> None:
+        """Put a delivered, unacknowledged message back on its queue now, with kombu's own restore (the
+        one its visibility timeout uses): one transaction, so it never becomes two messages."""
+        with self.app.connection_for_write() as connection:
+            channel: Any = connection.default_channel  # kombu's Redis channel: its QoS keeps `unacked`
+            channel.qos.restore_by_tag(delivery_tag)

@@ -20,7 +20,9 @@ from tasks.execute import Rerouted, RetryLater, StepFailed, execute
 def _run_step(task: Task[Any, Any], run_id: str, step_id: str) -> str:
     ctx = context()
     try:
-        completion = execute(ctx, run_id, step_id)
+        completion = execute(
+            ctx, run_id, step_id, node=task.request.hostname or "", attempt=task.request.retries
+        )
     except RetryLater as later:  # keeps its slot while it waits: the lane's capacity is spoken for
         raise task.retry(countdown=later.countdown) from later
     except Rerouted as moved:  # leaves this lane's slot for a place in the other lane's ready set

@@ -185,6 +185,11 @@ def running_farm(
         stop_farm(farm)
 
 
+def worker_logs(farm: Farm) -> str:
+    """Everything the farm's workers logged (a restarted worker appends to its queue's log)."""
+    return "".join(p.read_text(errors="replace") for p in sorted(farm.log_dir.glob("worker-*.log")))
+
+
 @contextmanager
 def supervised(farm: Farm) -> Iterator[None]:
     """What `farm up` does between Ctrl-Cs, for a test's farm: start again a worker that exited."""

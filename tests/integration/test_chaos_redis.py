@@ -18,7 +18,7 @@ import pytest
 
 from farm.progress import snapshot
 from tests.conftest import Doc
-from tests.integration.conftest import supervised
+from tests.integration.conftest import supervised, worker_logs
 from tests.integration.test_fal_farm import (
     FalFarm,
     assert_one_submit_per_paid_step,
@@ -68,8 +68,7 @@ def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(
     unconfirmed = unconfirmed_submits(farm, run_id)
     assert len(unconfirmed) <= 2, "only a submit cut off by the kill itself can be unconfirmed"
     assert_one_submit_per_paid_step(farm.emulator, plan, unconfirmed)
-    logs = "".join(p.read_text(errors="replace") for p in farm.farm.log_dir.glob("worker-*.log"))
-    assert "whose message was lost" in logs, "the reconciler sent the lost steps again"
+    assert "whose message was lost" in worker_logs(farm.farm), "the reconciler sent the lost steps again"
     folder = Path(farm.runs.meta(run_id)["output_dir"])
     episode = probe(
         folder / next(s.asset_name for s in plan.steps if s.kind.value == "concat" and not s.shot)

@@ -32,11 +32,14 @@ from farm.progress import snapshot
 from farm.supervisor import free_port, start_worker
 from farm.validate import load_episode
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
 from workers.emulators.fal_server import FalEmulator, Faults
 
 FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
+RECONCILE_EVERY_S = 2.0
+"""A pass every 2 s: a killed worker's running steps go back to the queue about 20 s after the kill (its
+announcement expires after 15 s), not after the 75 s visibility timeout at this scale."""
 """Shrinks the visibility timeout to about a minute, so a killed worker's steps come back within a test."""
 
 
@@ -63,6 +66,7 @@ def running_fal_farm(
         "FARM_FAL_MAX_IN_FLIGHT": "6",
         "NO_PROXY": "127.0.0.1,localhost",
         "FARM_FLOWER_PORT": str(free_port()),
+        "FARM_RECONCILE_EVERY_S": str(RECONCILE_EVERY_S),
         **(env or {}),
     }
     try:
@@ -153,6 +157,7 @@ def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_sub
     finally:
         fal_farm.emulator.latency_scale = 0.01
     assert max(fal_farm.runs.deliveries(run_id).values()) >= 2, "some step was redelivered after the kill"
+    assert "a gone worker was running" in worker_logs(fal_farm.farm), "put back by the reconciler"
     unconfirmed = unconfirmed_submits(fal_farm, run_id)
     assert len(unconfirmed) <= 2, "only a submit cut off by the kill itself can be unconfirmed"
     assert_one_submit_per_paid_step(fal_farm.emulator, plan, unconfirmed)

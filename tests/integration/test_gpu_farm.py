@@ -30,7 +30,7 @@ from farm.progress import snapshot
 from farm.settings import Settings
 from farm.supervisor import free_port, start_worker
 from tests.conftest import Doc
-from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm
+from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
 from workers.comfy_pod import START_SCRIPT, ComfyOnPod, CustomNode
 from workers.comfy_workflows import load_workflow
 from workers.comfyui import prompt_id_for
@@ -161,6 +161,7 @@ def running_gpu_farm(home: Path) -> Iterator[GpuFarm]:
         "NO_PROXY": "127.0.0.1,localhost",
         "FARM_GPU_CONCURRENCY": "2",
         "FARM_TIME_LIMIT_SCALE": str(TIME_LIMIT_SCALE),
+        "FARM_RECONCILE_EVERY_S": "2",  # a killed worker's step is put back ~20 s after, not after 75 s
         "FARM_COMFY_CUSTOM_NODES": node_repository(home / "nodes", "farm-first-node"),
     }
     try:
@@ -339,6 +340,7 @@ def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
         gpu_farm.farm.workers["gpu"] = start_worker(gpu_farm.farm, "gpu")
         assert gpu_farm.wait(run_id, timeout_s=400) == "succeeded", gpu_farm.runs.info(run_id)
     assert gpu_farm.runs.deliveries(run_id)[step_id] >= 2, "the step was redelivered after the kill"
+    assert "a gone worker was running" in worker_logs(gpu_farm.farm), "put back by the reconciler"
     assert set(renders_per_step(gpu_farm, plan).values()) == {1}, "the finished prompt was not rendered again"
     assert step_record(gpu_farm, run_id, step_id)["provider"]["resumed_run"] is True  # type: ignore[index]
     time.sleep(gpu_farm.settings.gpu_idle_timeout_s + 0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from typer.testing import CliRunner
 
 from farm import dispatch
 from farm.cli import app
+from farm.orphans import ORPHANS_KEY
 from farm.plan import build_plan
-from farm.reconcile import MISSING_KEY, broker_task_ids, reconcile, take_turn
+from farm.reconcile import MISSING_KEY, Reconciled, broker_task_ids, reconcile, take_turn
 from farm.scheduler import Announcement, Scheduler
 from farm.state import RunStore
 from farm.validate import load_episode
@@ -129,3 +131,87 @@ def test_the_command_runs_one_pass_and_says_what_it_sent(
     now = CliRunner().invoke(app, ["reconcile", "--grace-s", "0"])
     assert now.exit_code == 0, now.output
     assert f"{len(roots)} whose message was lost" in now.output and client.llen("post") == len(roots)
+
+
+def take_like_a_worker(client: redis.Redis, queue: str = "post") -> tuple[str, str]:
+    """What kombu's Redis QoS does when a worker takes a message (acks late): the message moves from the
+    queue into `unacked` under its delivery tag, indexed by time. Returns (tag, task id)."""
+    raw = client.rpop(queue)
+    assert isinstance(raw, bytes)
+    payload = json.loads(raw)
+    properties = payload["properties"]
+    tag, delivery = properties["delivery_tag"], properties["delivery_info"]
+    client.zadd("unacked_index", {tag: time.time()})
+    client.hset("unacked", tag, json.dumps([payload, delivery["exchange"], delivery["routing_key"]]))
+    return tag, payload["headers"]["id"]
+
+
+def claimed_by(runs: RunStore, task: str, node: str, attempt: int = 0) -> str:
+    """The step of `task` claimed by worker `node`, as the executor records it; returns the step id."""
+    run_id, _, step_id = task.partition(":")
+    assert runs.begin(run_id, step_id) == 1
+    runs.set_info(run_id, step_id, node=node, attempt=attempt)
+    return step_id
+
+
+def test_a_gone_workers_running_step_is_put_back_on_its_queue_by_a_later_pass(
+    client: redis.Redis, redis_url: str, sample_path: Path, tmp_path: Path
+) -> None:
+    _run_id, roots = submit(client, redis_url, sample_path, tmp_path)
+    runs, sched, celery = RunStore(client), Scheduler(client), sender(redis_url)
+    dead_tag, dead_task = take_like_a_worker(client)
+    live_tag, live_task = take_like_a_worker(client)
+    claimed_by(runs, dead_task, "post.dead@box")
+    claimed_by(runs, live_task, "post.live@box")
+    sched.announce("post", "post.dead@box", Announcement(slots=4), now=900.0)  # long expired by 1000
+    waiting = client.llen("post")
+
+    def beat(moment: float) -> Reconciled:
+        """A pass at `moment`, the live worker having announced itself just before."""
+        sched.announce("post", "post.live@box", Announcement(slots=4), now=moment)
+        return reconcile(runs, celery, sched, grace_s=GRACE_S, restore=celery.restore, now=moment)
+
+    first = beat(1000.0)
+    assert (first.orphaned, first.restored, first.resent) == (1, 0, 0), "it may only be slow to announce"
+    assert client.hexists("unacked", dead_tag) and client.llen("post") == waiting
+    later = beat(1000.0 + GRACE_S)
+    assert (later.orphaned, later.restored) == (0, 1)
+    assert not client.hexists("unacked", dead_tag) and client.zscore("unacked_index", dead_tag) is None
+    assert client.hexists("unacked", live_tag), "a live worker's step is left with it"
+    assert client.llen("post") == waiting + 1, "one message, back on its queue"
+    back = [json.loads(m) for m in client.lrange("post", 0, -1)]
+    again = [m for m in back if m["headers"]["id"] == dead_task]
+    assert len(again) == 1 and again[0]["headers"]["redelivered"] is True
+    assert broker_task_ids(client) >= {dead_task, live_task}
+    final = beat(1000.0 + 2 * GRACE_S)
+    assert (final.orphaned, final.restored, final.resent) == (0, 0, 0), "put back once"
+    assert not client.exists(ORPHANS_KEY) and len(roots) == waiting + 2
+
+
+def test_a_message_for_a_later_attempt_than_the_gone_worker_ran_is_not_its_own(
+    client: redis.Redis, redis_url: str, sample_path: Path, tmp_path: Path
+) -> None:
+    """A step waiting out a retry countdown is a new message (retries + 1), held by whichever worker took
+    it, while the step's info still names the worker of the attempt before."""
+    submit(client, redis_url, sample_path, tmp_path)
+    runs, sched, celery = RunStore(client), Scheduler(client), sender(redis_url)
+    tag, task = take_like_a_worker(client)
+    claimed_by(runs, task, "post.dead@box", attempt=1)  # the message taken carries retries=0
+    for moment in (1000.0, 1000.0 + GRACE_S, 1000.0 + 2 * GRACE_S):
+        result = reconcile(runs, celery, sched, grace_s=GRACE_S, restore=celery.restore, now=moment)
+        assert (result.orphaned, result.restored) == (0, 0)
+    assert client.hexists("unacked", tag)
+
+
+def test_a_step_the_gone_worker_no_longer_runs_is_left_alone(
+    client: redis.Redis, redis_url: str, sample_path: Path, tmp_path: Path
+) -> None:
+    submit(client, redis_url, sample_path, tmp_path)
+    runs, sched, celery = RunStore(client), Scheduler(client), sender(redis_url)
+    tag, task = take_like_a_worker(client)
+    step_id = claimed_by(runs, task, "post.dead@box")
+    assert reconcile(runs, celery, sched, grace_s=GRACE_S, restore=celery.restore, now=1000.0).orphaned == 1
+    runs.complete(task.partition(":")[0], step_id)  # it finished; only its ack was lost
+    later = reconcile(runs, celery, sched, grace_s=GRACE_S, restore=celery.restore, now=1000.0 + GRACE_S)
+    assert (later.orphaned, later.restored) == (0, 0) and client.hexists("unacked", tag)
+    assert not client.exists(ORPHANS_KEY)
