@@ -1,8 +1,10 @@
 """`farm up` SIGKILLed mid-episode and started again: the run resumes from Redis and finishes whole.
 
 Its children get SIGTERM when it dies (so no orphan keeps a port or a pod): Redis writes its AOF and
-exits, the workers stop. The steps that were running stay in kombu's `unacked` and come back after the
-visibility timeout (about 75 s at FARM_TIME_LIMIT_SCALE=0.02), so this case runs in `make chaos` only.
+exits, the workers stop. The steps that were running stay in kombu's `unacked`; the new farm's reconciler
+(every 2 s here) puts back those of workers that no longer announce themselves (`farm.orphans`), and
+kombu's visibility timeout (about 75 s at FARM_TIME_LIMIT_SCALE=0.02) catches any other. Two farms render
+the sample here, so this case runs in `make chaos` only.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def test_farm_up_killed_mid_run_resumes_the_run_when_started_again(sample_path: 
     env = {
         **farm_env(tmp_path / "home"),
         "FARM_TIME_LIMIT_SCALE": "0.02",
+        "FARM_RECONCILE_EVERY_S": "2",
         "FARM_OUTPUT": str(tmp_path / "out"),
     }
     first = farm_up(env)

@@ -1,8 +1,9 @@
 """The post pool's worker SIGKILLed while its children encode with ffmpeg: the episode still finishes whole.
 
-The worker's steps stay in kombu's `unacked` (late acks) and come back after the visibility timeout, which
-FARM_TIME_LIMIT_SCALE shrinks to about 75 s; so this case takes two minutes and runs with `make chaos`,
-not in `make test`.
+The worker's steps stay in kombu's `unacked` (late acks); the reconciler (every 2 s here) finds their worker
+gone once its announcement expires (15 s) and puts them back a pass later (`farm.orphans`), long before the
+visibility timeout (about 75 s at this FARM_TIME_LIMIT_SCALE). The sample's encodes make it a long case,
+so it runs with `make chaos`, not in `make test`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from farm.progress import snapshot
-from tests.integration.conftest import FarmHandle, running_farm, supervised
+from tests.integration.conftest import FarmHandle, running_farm, supervised, worker_logs
 from workers.media import probe
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -27,7 +28,12 @@ ENCODING_KINDS = ("video", "ken_burns", "hold", "concat")
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmHandle]:
     home = tmp_path_factory.mktemp("post-chaos")
-    env = {"FARM_HOME": str(home), "FARM_ENGINE": "local", "FARM_TIME_LIMIT_SCALE": "0.02"}
+    env = {
+        "FARM_HOME": str(home),
+        "FARM_ENGINE": "local",
+        "FARM_TIME_LIMIT_SCALE": "0.02",
+        "FARM_RECONCILE_EVERY_S": "2",
+    }
     with running_farm(home, env, ("post",)) as running, supervised(running):
         yield FarmHandle(running, home / "out")
 
@@ -45,6 +51,7 @@ def test_the_post_worker_killed_mid_ffmpeg_loses_nothing(farm: FarmHandle, sampl
 
     assert farm.wait(run_id, timeout_s=400) == "succeeded", snapshot(farm.runs, run_id).failures
     assert max(farm.runs.deliveries(run_id).values()) >= 2, "a step the kill interrupted ran again"
+    assert "a gone worker was running" in worker_logs(farm.farm), "put back by the reconciler"
     folder = Path(farm.runs.meta(run_id)["output_dir"])
     for step in plan.steps:
         if step.kind.value in ENCODING_KINDS:
