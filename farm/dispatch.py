@@ -35,6 +35,12 @@ def task_id(run_id: str, step_id: str) -> str:
     return f"{run_id}:{step_id}"
 
 
+def step_of_task(task: str) -> tuple[str, str] | None:
+    """(run id, step id) of a farm task id, None for any other (run ids have no colon)."""
+    run_id, colon, step_id = task.partition(":")
+    return (run_id, step_id) if colon and run_id and step_id else None
+
+
 def deliverables_dir(output: Path, plan: Plan) -> Path:
     return output / plan.project_name / f"ep_{plan.episode:03d}"
 

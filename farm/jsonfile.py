@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,7 @@ class _RepeatedKeys:
     def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         built = dict(pairs)
         if len(built) < len(pairs):
-            counts: dict[str, int] = {}
-            for key, _ in pairs:
-                counts[key] = counts.get(key, 0) + 1
+            counts = Counter(key for key, _ in pairs)
             self._by_object[id(built)] = {k: n for k, n in counts.items() if n > 1}
         return built
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import redis
 
 from farm.backlog import UNACKED_KEY, priority_lists
 from farm.dispatch import Sender, resend_outbox, task_id
-from farm.orphans import Delivered, delivered_messages, rescue_orphans
+from farm.orphans import Delivered, delivered_messages, orphaned
 from farm.redis_values import as_text
 from farm.routing import QUEUES, step_queue
 from farm.scheduler import SEPARATOR, Scheduler, member
@@ -36,6 +37,9 @@ LOCK_KEY = "farm:reconcile:lock"
 MISSING_KEY = "farm:reconcile:missing"
 """Hash: step member -> when a pass first found its message missing."""
 LIVE_STATES = ("queued", "running")
+OUTBOX, ORPHAN = "outbox", "orphan"
+"""Prefixes of the first-seen entries that are not a missing message: a step left in an outbox, a gone
+worker's delivered message (by its tag)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Reconciled:
     resent: int
     """Sent steps whose message was gone in two passes: sent again."""
     orphaned: int = 0
-    """Running steps whose worker is gone, first seen now: their messages go back by a later pass."""
+    """Running steps whose worker is gone, seen so for less than the grace: put back by a later pass."""
     restored: int = 0
     """Messages of a gone worker's running steps put back on their queues now."""
 
@@ -66,9 +70,10 @@ def broker_view(client: redis.Redis, queues: Iterable[str] = QUEUES) -> tuple[se
             pipe.lrange(key, 0, -1)
     pipe.hgetall(UNACKED_KEY)
     *lists, unacked = pipe.execute()
+    delivered = delivered_messages(unacked)
     found = {_task_id(raw) for messages in lists for raw in messages}
-    found |= {_task_id(json.loads(raw)[0]) for raw in unacked.values()}
-    return found - {""}, delivered_messages(unacked)
+    found |= {task_id(message.run_id, message.step_id) for message in delivered}
+    return found - {""}, delivered
 
 
 def _task_id(message: bytes | str | dict[str, object]) -> str:
@@ -107,7 +112,7 @@ def reconcile(
     for run_id, meta in runs.running():
         states = runs.states(run_id)  # first: a step sent after this read is in none of the reads below
         outbox = runs.outbox(run_id)
-        stale = [s for s in outbox if overdue(f"outbox{SEPARATOR}{member(run_id, s)}")]
+        stale = [s for s in outbox if overdue(f"{OUTBOX}{SEPARATOR}{member(run_id, s)}")]
         if stale:
             from_outbox += resend_outbox(runs, sender, scheduler, run_id, meta, stale)
         overrides = runs.backend_overrides(run_id)
@@ -120,16 +125,32 @@ def reconcile(
             step = runs.step(run_id, step_id)
             sender.send(run_id, step, step_queue(step.kind, meta["backend"], overrides.get(step_id)))
             resent += 1
+    restored = 0 if restore is None else _put_back(runs, scheduler, delivered, restore, overdue, moment)
     pipe = runs.r.pipeline(transaction=True)
     pipe.delete(MISSING_KEY)
     if pending:
         pipe.hset(MISSING_KEY, mapping={k: str(v) for k, v in pending.items()})
     pipe.execute()
-    missing = sum(1 for k in pending if not k.startswith("outbox"))
-    if restore is None:
-        return Reconciled(from_outbox, missing, resent)
-    orphans = rescue_orphans(runs, delivered, restore, grace_s=grace_s, now=moment)
-    return Reconciled(from_outbox, missing, resent, orphans.seen, orphans.restored)
+    kinds = Counter(k.partition(SEPARATOR)[0] if k.startswith((OUTBOX, ORPHAN)) else "" for k in pending)
+    return Reconciled(from_outbox, kinds[""], resent, kinds[ORPHAN], restored)
+
+
+def _put_back(
+    runs: RunStore,
+    scheduler: Scheduler,
+    delivered: list[Delivered],
+    restore: Callable[[str], None],
+    overdue: Callable[[str], bool],
+    moment: float,
+) -> int:
+    """Put back on their queues the messages of steps a gone worker was running (`farm.orphans`), those a
+    pass a grace period earlier found so too; returns how many."""
+    restored = 0
+    for message in orphaned(runs, delivered, scheduler.live_workers(now=moment)):
+        if overdue(f"{ORPHAN}{SEPARATOR}{message.tag}"):
+            restore(message.tag)
+            restored += 1
+    return restored
 
 
 def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:

@@ -269,6 +269,19 @@ class Scheduler:
     def withdraw(self, queue: str, worker: str) -> None:
         self.r.hdel(self.pool_key(queue), worker)
 
+    def live_workers(self, now: float | None = None) -> set[str]:
+        """Names of the workers whose announcement has not expired, on any of this scheduler's queues."""
+        moment = time.time() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.hgetall(self.pool_key(queue))
+        return {
+            as_text(worker)
+            for announced in pipe.execute()
+            for worker, blob in announced.items()
+            if json.loads(blob)["expires"] > moment
+        }
+
     def lanes(self, queues: Iterable[str], now: float | None = None) -> dict[str, Lane]:
         """Each queue's limit and policy from its live workers (expired announcements are dropped)."""
         wanted = list(dict.fromkeys(queues))
