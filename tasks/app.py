@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from farm.redis_access import redis_url
-from farm.settings import Settings, load_settings
+from farm.config.redis_connection import redis_url
+from farm.config.settings import Settings, load_settings
 from tasks.config import Signing, celery_config, signing_config
 
 
 def broker_url(settings: Settings) -> str:
     """FARM_REDIS_URL (with FARM_REDIS_PASSWORD and FARM_REDIS_TLS_*), else the farm's own Redis, password
-    included: see farm/redis_access.py."""
+    included: see farm/config/redis_connection.py."""
     return redis_url(settings)
 
 

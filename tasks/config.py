@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.plan import StepKind
-from farm.redis_access import celery_ssl
+from farm.config.redis_connection import celery_ssl
+from farm.planning.plan import StepKind
 
 TIME_LIMITS_S: dict[StepKind, tuple[int, int]] = {
     StepKind.T2I: (300, 360),

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 
 import redis
 
-from farm.artifacts import store_from_settings
-from farm.scheduler import Scheduler
-from farm.settings import Settings, load_settings
-from farm.state import RunStore
-from farm.storage import ArtifactStore
+from farm.config.settings import Settings, load_settings
+from farm.runs.scheduler import Scheduler
+from farm.runs.state import RunStore
+from farm.storage.artifacts import store_from_settings
+from farm.storage.stores import ArtifactStore
 from tasks.app import app, broker_url
 from tasks.sender import CelerySender
+from workers.backends import EngineServices, make_engine
 from workers.base import Engine
-from workers.registry import EngineServices, make_engine
 
 
 @dataclass

@@ -12,15 +12,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
-from farm import budget, metrics
-from farm.artifacts import input_index, output_key, output_keys
-from farm.dispatch import step_ended
-from farm.manifest import write_manifest
-from farm.plan import Step
-from farm.redaction import scrubbed, secret_values
-from farm.routing import backend_for, queue_for
-from farm.state import Completion, RunStore
-from farm.storage import StoreUnavailable
+from farm.config.redaction import scrubbed, secret_values
+from farm.ops import metrics
+from farm.planning.plan import Step
+from farm.planning.routing import backend_for, queue_for
+from farm.runs import budget
+from farm.runs.dispatch import step_ended
+from farm.runs.manifest import write_manifest
+from farm.runs.state import Completion, RunStore
+from farm.storage.artifacts import input_index, output_key, output_keys
+from farm.storage.stores import StoreUnavailable
 from tasks.context import WorkerContext
 from workers.base import CapacityWait, ContentPolicyError, StepJob, StepResult, TransientError
 
@@ -58,7 +59,7 @@ def execute(
     """Return the completion (steps to release), or None when there was nothing to do.
 
     `node` (the Celery worker's name) and `attempt` (the message's retry number) are recorded with the
-    claim, so the reconciler can tell a dead worker's running step from a live one's (`farm.orphans`).
+    claim, so the reconciler can tell a dead worker's running step from a live one's (`tasks.orphans`).
 
     A finished step's slot is given back and what it unblocked is sent here, before the bookkeeping that
     nothing waits for. Raises RetryLater or Rerouted when the step must run again later or elsewhere,

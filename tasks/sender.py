@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from farm.dispatch import task_id
-from farm.plan import Step
+from farm.planning.plan import Step
+from farm.runs.dispatch import task_id
 from tasks.config import task_name
 
 

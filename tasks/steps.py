@@ -8,8 +8,8 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from farm.dispatch import resend_unsent, step_ended
-from farm.plan import StepKind
+from farm.planning.plan import StepKind
+from farm.runs.dispatch import resend_unsent, step_ended
 from tasks.announce import start_announcing, stop_announcing
 from tasks.app import app
 from tasks.config import task_name

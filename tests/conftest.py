@@ -17,8 +17,8 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 import redis
 
-from farm.redis_server import RedisServer
-from farm.supervisor import free_port
+from farm.ops.redis_server import RedisServer
+from farm.ops.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "lighthouse" / "storyboard_ep_001.json"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from farm.autoscale import Policy, Scaler, gpu_worker_cap, wanted_workers
-from farm.autoscaler import parse_limits
-from farm.backlog import Backlog
-from farm.cli import app
+from farm.cli.app import app
+from farm.ops.autoscaler import parse_limits
+from farm.ops.scaling_rules import Policy, Scaler, gpu_worker_cap, wanted_workers
+from tasks.backlog import Backlog
 
 POLICY = Policy(min_workers=1, max_workers=4, per_worker=2, up_cooldown_s=5, down_cooldown_s=60)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.blocked import blocked_by
-from farm.plan import build_plan
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import build_plan
+from farm.runs.blocked import blocked_by
 
 
 def test_every_waiting_step_below_a_failure_is_blocked_by_it_and_nothing_else_is(sample_path: Path) -> None:

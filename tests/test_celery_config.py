@@ -8,9 +8,9 @@ import pytest
 from celery.exceptions import ImproperlyConfigured
 from pydantic import ValidationError
 
-from farm.plan import StepKind
-from farm.routing import QUEUES, ROUTES, queue_for
-from farm.settings import Settings
+from farm.config.settings import Settings
+from farm.planning.plan import StepKind
+from farm.planning.routing import QUEUES, ROUTES, queue_for
 from tasks.app import require_own_cert_trusted, signing_of
 from tasks.config import (
     TIME_LIMITS_S,

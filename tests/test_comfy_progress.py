@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farm.supervisor import free_port
+from emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
+from farm.ops.supervisor import free_port
 from tests.test_comfyui_emulator import t2i_graph, wait_entry
-from workers.comfy_progress import ProgressWatcher, StepProgress, client_id_for
-from workers.emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
+from workers.comfyui.progress import ProgressWatcher, StepProgress, client_id_for
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from farm.plan import Plan, Step, StepKind, build_plan
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, StepKind, build_plan
 from workers.base import PermanentError
-from workers.comfy_pod import CustomNode
-from workers.comfy_workflows import (
+from workers.comfyui.on_pod import CustomNode
+from workers.comfyui.workflows import (
     WARM_UP_SIZE,
     WORKFLOW_NAMES,
     Workflow,

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from websockets.sync.client import connect
 
+from emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
 from workers import media
 from workers.base import StepJob
-from workers.emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
 from workers.local import LocalEngine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -464,7 +464,7 @@ def test_origin_check_and_api_prefix(comfy: ComfyUIEmulator) -> None:
 
 
 def test_module_serves_until_terminated(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "workers.emulators.comfyui_server", "--root", str(tmp_path), "--port", "0"]
+    cmd = [sys.executable, "-m", "emulators.comfyui_server", "--root", str(tmp_path), "--port", "0"]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from farm.cli import app
-from farm.routing import QUEUES
+from farm.cli.app import app
+from farm.planning.routing import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from farm.cli import app
-from farm.engines import CARDS
-from farm.estimate import estimate, makespan_at_limits
-from farm.plan import Plan, StepKind, build_plan
-from farm.plan_json import plan_document
-from farm.validate import load_episode
+from farm.cli.app import app
+from farm.episode.engine_cards import CARDS
+from farm.episode.validate import load_episode
+from farm.planning.estimate import estimate, makespan_at_limits
+from farm.planning.plan import Plan, StepKind, build_plan
+from farm.planning.plan_json import plan_document
 from tests.conftest import SAMPLE_TOTALS
 
 Doc = dict[str, Any]

@@ -16,8 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from workers import media
-from workers.emulators.fal_server import (
+from emulators.fal_server import (
     FLUX2,
     SEEDVR,
     WAN,
@@ -29,6 +28,7 @@ from workers.emulators.fal_server import (
     payload_sha256,
     video_size,
 )
+from workers import media
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -454,7 +454,7 @@ def test_faults_over_http(emu: FalEmulator) -> None:
 
 
 def test_module_serves_until_terminated() -> None:
-    cmd = [sys.executable, "-m", "workers.emulators.fal_server", "--port", "0", "--latency-scale", "0.01"]
+    cmd = [sys.executable, "-m", "emulators.fal_server", "--port", "0", "--latency-scale", "0.01"]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers import fal_outputs
 from workers.base import TransientError, scratch_room
+from workers.fal import outputs as fal_outputs
 
 BODY = b"\x89PNG" + bytes(4096)
 

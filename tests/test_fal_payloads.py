@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from farm.plan import Plan, Step, StepKind, build_plan
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, StepKind, build_plan
 from workers.base import PermanentError, StepJob
-from workers.fal_payloads import build_payload
+from workers.fal.payloads import build_payload
 
 
 @pytest.fixture(scope="module")

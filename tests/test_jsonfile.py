@@ -1,4 +1,5 @@
-"""`farm.jsonfile.read_json`: every way an input file can be broken becomes a Problem, never a traceback."""
+"""`farm.episode.json_input.read_json`: every way an input file can be broken becomes a Problem, not a
+traceback."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.jsonfile import read_json
-from farm.problems import InputError, Problem
+from farm.episode.json_input import read_json
+from farm.episode.problems import InputError, Problem
 
 
 def problem_of(path: Path, **kwargs: int) -> Problem:

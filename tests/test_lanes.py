@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from farm.lanes import announcement, configured_limits, provider_cap
-from farm.settings import Settings
+from farm.config.settings import Settings
+from farm.runs.lanes import announcement, configured_limits, provider_cap
 
 
 def test_gpu_cap_is_the_affordable_pods_times_jobs_per_pod() -> None:

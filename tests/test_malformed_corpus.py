@@ -21,13 +21,13 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from farm.cli import app
-from farm.dispatch import deliverables_dir
-from farm.jsonfile import MAX_INPUT_BYTES, read_json
-from farm.plan import build_plan
-from farm.problems import InputError, printable
-from farm.state import RunStore
-from farm.validate import load_episode
+from farm.cli.app import app
+from farm.episode.json_input import MAX_INPUT_BYTES, read_json
+from farm.episode.problems import InputError, printable
+from farm.episode.validate import load_episode
+from farm.planning.plan import build_plan
+from farm.runs.dispatch import deliverables_dir
+from farm.runs.state import RunStore
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MALFORMED = CORPUS / "malformed"

@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm.approaches import APPROACHES, REQUIRED_PROMPTS, frames_of
-from farm.plan import Plan, build_plan
-from farm.validate import check_episode
+from farm.episode.approaches import APPROACHES, REQUIRED_PROMPTS, frames_of
+from farm.episode.validate import check_episode
+from farm.planning.plan import Plan, build_plan
 
 REGISTRY: dict[str, Any] = {
     "schema_version": 1,

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from farm.engines import CARDS
-from farm.plan import (
+from farm.episode.engine_cards import CARDS
+from farm.episode.prompts import compile_image_prompt
+from farm.episode.validate import load_episode
+from farm.planning.plan import (
     DEFAULT_HELD_S,
     HERO_TO_FRAME_STRENGTH,
     Plan,
@@ -20,8 +22,6 @@ from farm.plan import (
     build_plan,
     build_previz_plan,
 )
-from farm.prompts import compile_image_prompt
-from farm.validate import load_episode
 from tests.conftest import SAMPLE_TOTALS
 
 Doc = dict[str, Any]

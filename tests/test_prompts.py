@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.engines import CARDS
-from farm.plan import build_plan
-from farm.prompts import (
+from farm.episode.engine_cards import CARDS
+from farm.episode.prompts import (
     VFX_PATTERNS,
     compile_image_prompt,
     compile_motion_prompt,
@@ -18,7 +17,8 @@ from farm.prompts import (
     limit_words,
     strip_vfx,
 )
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import build_plan
 
 Z_LIMIT = CARDS["z_image_turbo"].word_limit
 FLUX_LIMIT = CARDS["flux2"].word_limit
@@ -31,7 +31,7 @@ SHOT9_FIRST = (
 )
 """One long sentence of about seventy words: past Z-Image's window, inside Flux 2's."""
 
-# One example phrase per VFX pattern, in the order of farm.prompts._VFX_TERMS.
+# One example phrase per VFX pattern, in the order of farm.episode.prompts._VFX_TERMS.
 VFX_EXAMPLES = [
     "targeting brackets",
     "a reticle",

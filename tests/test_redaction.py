@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from farm.redaction import REDACTED, redact, scrub_exception, scrubbed, secret_values
-from farm.settings import Settings
+from farm.config.redaction import REDACTED, redact, scrub_exception, scrubbed, secret_values
+from farm.config.settings import Settings
 from workers.base import PermanentError
 
 FAL = "fal-key-for-redaction-tests"

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from pydantic import SecretStr
 
-from farm.redis_access import embedded_password, redis_url, safe_url
-from farm.settings import Settings
+from farm.config.redis_connection import embedded_password, redis_url, safe_url
+from farm.config.settings import Settings
 from tasks.config import celery_config
 
 

@@ -11,7 +11,7 @@ import requests
 import runpod  # type: ignore[import-untyped]  # heavy (~1.7 s): imported once for the module
 from runpod.error import AuthenticationError, QueryError  # type: ignore[import-untyped]
 
-from workers.emulators.runpod_server import NO_CAPACITY_MSG, RunpodEmulator, RunpodFaults
+from emulators.runpod_server import NO_CAPACITY_MSG, RunpodEmulator, RunpodFaults
 
 KEY = "test-runpod-key"
 A100 = "NVIDIA A100 80GB PCIe"

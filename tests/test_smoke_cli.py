@@ -2,7 +2,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from farm.cli import app
+from farm.cli.app import app
 
 runner = CliRunner()
 

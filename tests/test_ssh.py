@@ -1,4 +1,4 @@
-"""workers.ssh.PodShell (paramiko) against workers.emulators.ssh_pod.SSHPod (asyncssh) on loopback."""
+"""workers.gpu.ssh.PodShell (paramiko) against emulators.ssh_pod.SSHPod (asyncssh) on loopback."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import asyncssh
 import httpx
 import pytest
 
+from emulators.ssh_pod import SSHPod, public_key_line
 from workers.base import PermanentError, TransientError
-from workers.emulators.ssh_pod import SSHPod, public_key_line
-from workers.ssh import (
+from workers.gpu.ssh import (
     CommandResult,
     Endpoint,
     FileKnownHosts,

@@ -26,7 +26,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     ReadTimeoutError,
 )
 
-from farm.storage import ArtifactStore, LocalStore, S3Store, StoreUnavailable, open_store, validate_key
+from farm.storage.stores import ArtifactStore, LocalStore, S3Store, StoreUnavailable, open_store, validate_key
 from tests.conftest import MOTO_BUCKET as BUCKET
 from tests.conftest import MOTO_SECRET as SECRET
 
@@ -442,7 +442,7 @@ def test_s3_refusals_that_do_not_pass_are_not_unavailable(
 
 def test_importing_the_store_and_making_an_s3_store_does_not_import_boto3() -> None:
     code = (
-        "import sys; from farm.storage import open_store; "
+        "import sys; from farm.storage.stores import open_store; "
         "s = open_store('s3', bucket='b', prefix='p'); s.locate('k'); "
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported eagerly'"
     )

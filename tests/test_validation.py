@@ -1,4 +1,5 @@
-"""Input validation: every rule of `farm.validate.load_episode`, and `farm validate` on the command line.
+"""Input validation: every rule of `farm.episode.validate.load_episode`, and `farm validate` on the command
+line.
 
 Shots are addressed by their zero-based index in the `shots` array: in the sample, `shots[3]` is shot 4
 (the triptych), `shots[4]` is shot 5 (JINX + KIAN on flux2).
@@ -15,12 +16,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from farm.cli import app
-from farm.jsonfile import MAX_INPUT_BYTES
-from farm.plan import build_plan
-from farm.problems import InputError, Problem
-from farm.storyboard import MAX_PROMPT_CHARS
-from farm.validate import REGISTRY_FILE_NAME, load_episode
+from farm.cli.app import app
+from farm.episode.json_input import MAX_INPUT_BYTES
+from farm.episode.problems import InputError, Problem
+from farm.episode.storyboard import MAX_PROMPT_CHARS
+from farm.episode.validate import REGISTRY_FILE_NAME, load_episode
+from farm.planning.plan import build_plan
 from tests.conftest import EXAMPLE, Doc
 
 Edit = Callable[[], Doc]

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from farm.storage import DISK_FULL
+from farm.storage.stores import DISK_FULL
 
 
 class EngineError(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from farm.settings import load_settings
+from farm.config.settings import load_settings
 from tasks.app import broker_url
 from tasks.config import celery_config
 

@@ -18,15 +18,15 @@ from unittest import mock
 
 import redis
 
-from farm import dispatch
-from farm.plan import build_plan
-from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import free_port, start_farm, stop_farm
-from farm.validate import check_episode
+from emulators.fal_server import FalEmulator
+from farm.config.settings import Settings
+from farm.episode.validate import check_episode
+from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.planning.plan import build_plan
+from farm.runs import dispatch
+from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
-from workers.emulators.fal_server import FalEmulator
 
 REGISTRY: dict[str, Any] = {"schema_version": 1, "characters": {}}
 

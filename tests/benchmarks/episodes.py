@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from farm.plan import Plan, build_plan
-from farm.validate import Episode, check_episode
+from farm.episode.validate import Episode, check_episode
+from farm.planning.plan import Plan, build_plan
 
 Doc = dict[str, Any]
 

@@ -29,17 +29,17 @@ from unittest import mock
 import redis
 from PIL import Image
 
-from farm import dispatch
-from farm.artifacts import namespace_for
-from farm.engines import CARDS, VIDEO_ENGINE
-from farm.plan import Plan
-from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import Farm, free_port, start_farm, stop_farm
+from emulators.fal_server import FalEmulator, FileStore, Job, Renderer
+from farm.config.settings import Settings
+from farm.episode.engine_cards import CARDS, VIDEO_ENGINE
+from farm.ops.supervisor import Farm, free_port, start_farm, stop_farm
+from farm.planning.plan import Plan
+from farm.runs import dispatch
+from farm.runs.state import RunStore
+from farm.storage.artifacts import namespace_for
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from workers.base import StepJob
-from workers.emulators.fal_server import FalEmulator, FileStore, Job, Renderer
 from workers.local import LocalEngine
 
 FAL_KEY = "bench-key"

@@ -29,8 +29,8 @@ from pathlib import Path
 import redis
 from celery import Celery, chain
 
-from farm.plan import Plan
-from farm.supervisor import POOLS, Farm, worker_command
+from farm.ops.supervisor import POOLS, Farm, worker_command
+from farm.planning.plan import Plan
 from tests.benchmarks import bare_chain
 from tests.benchmarks.episodes import chain_doc, plan_of
 from tests.benchmarks.farm_runs import fresh_farm

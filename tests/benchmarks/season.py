@@ -22,12 +22,12 @@ from typing import Any
 
 import redis
 
-from farm import dispatch
-from farm.plan import build_plan
-from farm.redis_server import RedisServer
-from farm.routing import QUEUES
-from farm.state import RunStore
-from farm.supervisor import free_port
+from farm.ops.redis_server import RedisServer
+from farm.ops.supervisor import free_port
+from farm.planning.plan import build_plan
+from farm.planning.routing import QUEUES
+from farm.runs import dispatch
+from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from tests.benchmarks.episodes import episode_doc, validated

@@ -18,8 +18,8 @@ from typing import TypeVar
 
 from PIL import Image
 
-from farm.plan import Plan
-from farm.progress import snapshot
+from farm.planning.plan import Plan
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
 from tests.integration.test_fal_farm import variant, write_episode

@@ -18,16 +18,16 @@ import httpx
 import pytest
 import redis
 
-from farm import dispatch
-from farm.artifacts import namespace_for
-from farm.plan import Plan, build_plan
-from farm.progress import snapshot
-from farm.redis_values import as_text
-from farm.retake import run_source
-from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers, start_farm, stop_farm
-from farm.validate import load_episode
+from farm.config.redis_text import as_text
+from farm.config.settings import Settings
+from farm.episode.validate import load_episode
+from farm.ops.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers, start_farm, stop_farm
+from farm.planning.plan import Plan, build_plan
+from farm.runs import dispatch
+from farm.runs.progress import snapshot
+from farm.runs.retake import run_source
+from farm.runs.state import RunStore
+from farm.storage.artifacts import namespace_for
 from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
 

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 from PIL import Image, ImageOps
 
-from farm import dispatch
-from farm.artifacts import namespace_for
-from farm.dailies_server import DailiesServer
-from farm.plan import Plan, Step, StepKind, build_plan
-from farm.retake import run_source
-from farm.review import GATED_KINDS, gated_steps
-from farm.state import RunStore
-from farm.validate import load_episode
+from farm.dailies.server import DailiesServer
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, StepKind, build_plan
+from farm.runs import dispatch
+from farm.runs.retake import run_source
+from farm.runs.review import GATED_KINDS, gated_steps
+from farm.runs.state import RunStore
+from farm.storage.artifacts import namespace_for
 from workers.media import concat, encode_frames
 
 CLIP_SHRINK = 8

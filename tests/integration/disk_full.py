@@ -58,7 +58,7 @@ def install() -> None:
 
 
 def _wrap(flag: Path, store: Path) -> None:
-    from farm import storage
+    from farm.storage import stores as storage
 
     write_atomically, copyfileobj = storage._write_atomically, shutil.copyfileobj
     full = threading.local()

@@ -16,14 +16,14 @@ from unittest import mock
 import httpx
 import pytest
 
-from farm.autoscale import Decision
-from farm.autoscaler import last_decisions
-from farm.cli_ops import local_autoscaler
-from farm.metrics import metric_value, serve_metrics
-from farm.routing import QUEUES
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
-from farm.worker_pool import LocalWorkers
+from farm.cli.ops import local_autoscaler
+from farm.config.settings import Settings
+from farm.ops.autoscaler import last_decisions
+from farm.ops.metrics import metric_value, serve_metrics
+from farm.ops.scaling_rules import Decision
+from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.ops.worker_pool import LocalWorkers
+from farm.planning.routing import QUEUES
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
 

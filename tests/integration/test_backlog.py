@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
-from farm.backlog import UNACKED_KEY, priority_lists, read_backlogs
-from farm.scheduler import Announcement, Ready, Scheduler
-from farm.state import RunStore
+from farm.runs.scheduler import Announcement, Ready, Scheduler
+from farm.runs.state import RunStore
 from tasks.app import make_app
+from tasks.backlog import UNACKED_KEY, priority_lists, read_backlogs
 
 
 def take(client: redis.Redis, queue_list: str, tag: str, queue: str) -> None:

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm import budget, dispatch
-from farm.budget import Pricing, read_ledger, step_estimate_usd
-from farm.plan import Plan, Step, build_plan
-from farm.reconcile import reconcile
-from farm.routing import step_queue
-from farm.scheduler import Scheduler
-from farm.state import RunStore
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, build_plan
+from farm.planning.routing import step_queue
+from farm.runs import budget, dispatch
+from farm.runs.budget import Pricing, read_ledger, step_estimate_usd
+from farm.runs.scheduler import Scheduler
+from farm.runs.state import RunStore
+from tasks.reconcile import reconcile
 
 
 class Recorder:

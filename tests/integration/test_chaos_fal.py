@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farm.progress import snapshot
+from emulators.fal_server import Faults
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.chaos_support import (
     assert_nothing_lost,
@@ -25,7 +26,6 @@ from tests.integration.chaos_support import (
     two_shot_episode,
 )
 from tests.integration.test_fal_farm import FAKE_FAL_SECRET, assert_one_submit_per_paid_step, running_fal_farm
-from workers.emulators.fal_server import Faults
 
 REQUEST_TIMEOUT_S = 3
 

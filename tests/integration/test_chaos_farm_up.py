@@ -2,7 +2,7 @@
 
 Its children get SIGTERM when it dies (so no orphan keeps a port or a pod): Redis writes its AOF and
 exits, the workers stop. The steps that were running stay in kombu's `unacked`; the new farm's reconciler
-(every 2 s here) puts back those of workers that no longer announce themselves (`farm.orphans`), and
+(every 2 s here) puts back those of workers that no longer announce themselves (`tasks.orphans`), and
 kombu's visibility timeout (about 75 s at FARM_TIME_LIMIT_SCALE=0.02) catches any other. Two farms render
 the sample here, so this case runs in `make chaos` only.
 """
@@ -19,10 +19,10 @@ from unittest import mock
 import pytest
 import redis
 
-from farm.progress import snapshot
-from farm.redis_access import redis_url
-from farm.settings import Settings
-from farm.state import RunStore
+from farm.config.redis_connection import redis_url
+from farm.config.settings import Settings
+from farm.runs.progress import snapshot
+from farm.runs.state import RunStore
 from tests.integration.conftest import read_until
 from tests.integration.test_cli_farm import alive, descendants, farm_env
 from workers.media import probe

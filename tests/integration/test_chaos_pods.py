@@ -2,7 +2,7 @@
 
 The RunPod emulator's `vanish(pod)` deletes the pod out of band: its SSH server and ComfyUI stop and the
 API no longer knows it, as when RunPod reclaims a machine. The step's next poll through the tunnel fails
-(a transient error), and its retry goes back to the pod that held its run (workers/gpu_pool.py), finds
+(a transient error), and its retry goes back to the pod that held its run (workers/gpu/pool.py), finds
 RunPod has no such pod, forgets it and renders on a new one: the render was lost with the pod, so it is
 done once more there, and only there. The run finishes and, once idle, no pod is left running.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli_pods import PodReaper
-from farm.pod_registry import PodRegistry
+from farm.cli.pods import PodReaper
 from tests.conftest import Doc
 from tests.integration.chaos_support import assert_nothing_lost, assert_whole_files, run_state
 from tests.integration.test_gpu_farm import (
@@ -28,6 +27,7 @@ from tests.integration.test_gpu_farm import (
     slow_comfyui,
     step_record,
 )
+from workers.gpu.pod_ledger import PodRegistry
 
 
 @pytest.fixture(scope="module")

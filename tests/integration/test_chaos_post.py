@@ -1,7 +1,7 @@
 """The post pool's worker SIGKILLed while its children encode with ffmpeg: the episode still finishes whole.
 
 The worker's steps stay in kombu's `unacked` (late acks); the reconciler (every 2 s here) finds their worker
-gone once its announcement expires (15 s) and puts them back a pass later (`farm.orphans`), long before the
+gone once its announcement expires (15 s) and puts them back a pass later (`tasks.orphans`), long before the
 visibility timeout (about 75 s at this FARM_TIME_LIMIT_SCALE). The sample's encodes make it a long case,
 so it runs with `make chaos`, not in `make test`.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.progress import snapshot
+from farm.runs.progress import snapshot
 from tests.integration.conftest import FarmHandle, running_farm, supervised, worker_logs
 from workers.media import probe
 

@@ -2,7 +2,7 @@
 
 Real Redis, real Celery workers (cloud and post), the fal emulator. After the restart every Celery message
 (queued and delivered-unacked) is deleted, so the steps that were admitted or running have no message:
-only the reconciler (`farm.reconcile`, run by a worker every FARM_RECONCILE_EVERY_S) can bring them back.
+only the reconciler (`tasks.reconcile`, run by a worker every FARM_RECONCILE_EVERY_S) can bring them back.
 Celery 5.7's threads-pool worker exits when Redis vanishes under it; the fixture supervises the workers
 the way `farm up` does (`restart_exited_workers`).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.progress import snapshot
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import supervised, worker_logs
 from tests.integration.test_fal_farm import (

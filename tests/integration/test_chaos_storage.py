@@ -24,8 +24,8 @@ import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
 
-from farm.plan import Plan
-from farm.progress import snapshot
+from farm.planning.plan import Plan
+from farm.runs.progress import snapshot
 from tests.conftest import MOTO_BUCKET, Doc
 from tests.integration import disk_full
 from tests.integration.chaos_support import (

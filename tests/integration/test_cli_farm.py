@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from farm.settings import Settings
-from farm.supervisor import flower_credentials, free_port
+from farm.config.settings import Settings
+from farm.ops.supervisor import flower_credentials, free_port
 from tests.conftest import EXAMPLE, Doc
 from tests.integration.conftest import read_until
 from workers.media import probe

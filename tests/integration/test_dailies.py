@@ -21,15 +21,15 @@ import redis
 from PIL import Image
 from typer.testing import CliRunner
 
-from farm import review
-from farm.cli import app
-from farm.dailies import FRAME_ROLES, Card, Dailies, gather
-from farm.dailies_page import write_page
-from farm.dailies_server import ACTION_PATH, KEY_PARAM, TOKEN_HEADER, DailiesServer
-from farm.dailies_thumbs import THUMB_EDGE
-from farm.plan import Step, StepKind
-from farm.retake import Changes, retake
-from farm.state import RunStore
+from farm.cli.app import app
+from farm.dailies.page import write_page
+from farm.dailies.server import ACTION_PATH, KEY_PARAM, TOKEN_HEADER, DailiesServer
+from farm.dailies.sheet import FRAME_ROLES, Card, Dailies, gather
+from farm.dailies.thumbs import THUMB_EDGE
+from farm.planning.plan import Step, StepKind
+from farm.runs import review
+from farm.runs.retake import Changes, retake
+from farm.runs.state import RunStore
 from tests.conftest import ROOT, Doc
 from tests.integration.conftest import read_until
 from tests.integration.dailies_support import (

@@ -25,13 +25,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
-from farm import review
-from farm.dailies import gather
-from farm.dailies_assets import STYLE
-from farm.dailies_page import write_page
-from farm.dailies_server import DailiesServer
-from farm.plan import StepKind
-from farm.state import RunStore
+from farm.dailies.assets import STYLE
+from farm.dailies.page import write_page
+from farm.dailies.server import DailiesServer
+from farm.dailies.sheet import gather
+from farm.planning.plan import StepKind
+from farm.runs import review
+from farm.runs.state import RunStore
 from tests.integration.dailies_support import (
     RecordingSender,
     finish,

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm import dispatch
-from farm.plan import Plan, Step, build_plan
-from farm.scheduler import Scheduler
-from farm.settings import Settings
-from farm.state import RunStore
-from farm.storage import LocalStore
-from farm.validate import load_episode
+from farm.config.settings import Settings
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, build_plan
+from farm.runs import dispatch
+from farm.runs.scheduler import Scheduler
+from farm.runs.state import RunStore
+from farm.storage.stores import LocalStore
 from tasks.context import WorkerContext
 from tasks.execute import RetryLater, StepFailed, execute
 from workers.base import StepJob, StepResult
-from workers.gpu_pool import PoolFull
+from workers.gpu.pool import PoolFull
 from workers.local import LocalEngine
 
 

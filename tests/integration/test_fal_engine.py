@@ -9,14 +9,14 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from farm.plan import Plan, Step, StepKind, build_plan
-from farm.provider_cap import ProviderCap
-from farm.request_book import RequestBook
-from farm.settings import Settings
-from farm.validate import load_episode
+from emulators.fal_server import FalEmulator, Faults
+from farm.config.settings import Settings
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, Step, StepKind, build_plan
 from workers.base import ContentPolicyError, StepJob, TransientError
-from workers.emulators.fal_server import FalEmulator, Faults
-from workers.fal import CapReached, FalEngine
+from workers.fal.backend import CapReached, FalEngine
+from workers.fal.provider_cap import ProviderCap
+from workers.fal.request_book import RequestBook
 
 KEY = "engine-test-key"
 

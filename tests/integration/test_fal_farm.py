@@ -24,16 +24,16 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from farm import dispatch
-from farm.cli import app
-from farm.cli_runtime import PAUSED
-from farm.plan import Plan, build_plan
-from farm.progress import snapshot
-from farm.supervisor import free_port, start_worker
-from farm.validate import load_episode
+from emulators.fal_server import FalEmulator, Faults
+from farm.cli.app import app
+from farm.cli.runtime import PAUSED
+from farm.episode.validate import load_episode
+from farm.ops.supervisor import free_port, start_worker
+from farm.planning.plan import Plan, build_plan
+from farm.runs import dispatch
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
-from workers.emulators.fal_server import FalEmulator, Faults
 
 FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
 TIME_LIMIT_SCALE = 0.02

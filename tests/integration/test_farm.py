@@ -19,13 +19,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from farm import dispatch, review
-from farm.plan import Plan, build_plan
-from farm.progress import snapshot
-from farm.routing import QUEUES
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
-from farm.validate import check_episode
+from farm.config.settings import Settings
+from farm.episode.validate import check_episode
+from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.planning.plan import Plan, build_plan
+from farm.planning.routing import QUEUES
+from farm.runs import dispatch, review
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, read_until
 from workers.media import probe

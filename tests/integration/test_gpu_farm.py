@@ -23,23 +23,23 @@ import asyncssh
 import httpx
 import pytest
 
-from farm.cli_pods import PodReaper
-from farm.plan import Plan
-from farm.pod_registry import PodRegistry, RegistryKnownHosts
-from farm.progress import snapshot
-from farm.settings import Settings
-from farm.supervisor import free_port, start_worker
+from emulators.runpod_server import RunpodEmulator, RunpodFaults
+from emulators.ssh_pod import SSHPod
+from farm.cli.pods import PodReaper
+from farm.config.settings import Settings
+from farm.ops.supervisor import free_port, start_worker
+from farm.planning.plan import Plan
+from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
-from workers.comfy_pod import START_SCRIPT, ComfyOnPod, CustomNode
-from workers.comfy_workflows import load_workflow
-from workers.comfyui import prompt_id_for
-from workers.emulators.runpod_server import RunpodEmulator, RunpodFaults
-from workers.emulators.ssh_pod import SSHPod
-from workers.gpu_pool import GpuPool, PoolLimits
-from workers.pods import RunpodPods
-from workers.registry import EngineServices, build_gpu_pool
-from workers.ssh import PodShell
+from workers.backends import EngineServices, build_gpu_pool
+from workers.comfyui.backend import prompt_id_for
+from workers.comfyui.on_pod import START_SCRIPT, ComfyOnPod, CustomNode
+from workers.comfyui.workflows import load_workflow
+from workers.gpu.pod_ledger import PodRegistry, RegistryKnownHosts
+from workers.gpu.pods import RunpodPods
+from workers.gpu.pool import GpuPool, PoolLimits
+from workers.gpu.ssh import PodShell
 
 RUNPOD_KEY = "runpod-test-key-0c4f-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
@@ -52,7 +52,7 @@ fleet_setting = os.path.join("..", "..", "run_seconds")
 run_seconds = open(fleet_setting).read().strip() if os.path.exists(fleet_setting) else "0.02"
 nodes = sorted(os.listdir("custom_nodes")) if os.path.isdir("custom_nodes") else []
 print("custom nodes loaded:", " ".join(nodes) or "none", flush=True)
-from workers.emulators.comfyui_server import main
+from emulators.comfyui_server import main
 main(["--root", ".", "--port", "{port}", "--run-seconds", run_seconds])
 """
 

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from farm.autoscale import Policy
-from farm.autoscaler import Autoscaler
-from farm.pod_registry import PodRegistry
+from emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
+from farm.ops.autoscaler import Autoscaler
+from farm.ops.pod_scaling import POD_POOL, PodPoolScaling
+from farm.ops.scaling_rules import Policy
 from workers.base import CapacityWait
-from workers.emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
-from workers.gpu_pool import GpuPool, PoolFull, PoolLimits
-from workers.pod_scaling import POD_POOL, PodPoolScaling
-from workers.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
+from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
+from workers.gpu.pool import GpuPool, PoolFull, PoolLimits
 
 KEY = "pool-test-key"
 

@@ -15,12 +15,12 @@ import httpx
 import pytest
 import redis
 
-from farm import metrics
-from farm.metrics import metric_value, metrics_credentials, serve_metrics
-from farm.pod_registry import PodRegistry
-from farm.settings import Settings
+from farm.config.settings import Settings
+from farm.ops import metrics
+from farm.ops.metrics import metric_value, metrics_credentials, serve_metrics
 from tests.conftest import ROOT
 from tests.integration.conftest import read_until
+from workers.gpu.pod_ledger import PodRegistry
 
 SCRAPER = ("prometheus", "scrape-test-password")
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from farm.pod_registry import PodRegistry, RegistryKnownHosts
+from workers.gpu.pod_ledger import PodRegistry, RegistryKnownHosts
 
 
 def test_a_lease_has_one_holder_and_lapses_by_itself(client: redis.Redis) -> None:

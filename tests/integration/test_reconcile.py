@@ -10,15 +10,15 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from farm import dispatch
-from farm.cli import app
-from farm.plan import build_plan
-from farm.reconcile import MISSING_KEY, ORPHAN, Reconciled, broker_task_ids, reconcile, take_turn
-from farm.redis_values import as_text
-from farm.scheduler import Announcement, Scheduler
-from farm.state import RunStore
-from farm.validate import load_episode
+from farm.cli.app import app
+from farm.config.redis_text import as_text
+from farm.episode.validate import load_episode
+from farm.planning.plan import build_plan
+from farm.runs import dispatch
+from farm.runs.scheduler import Announcement, Scheduler
+from farm.runs.state import RunStore
 from tasks.app import make_app
+from tasks.reconcile import MISSING_KEY, ORPHAN, Reconciled, broker_task_ids, reconcile, take_turn
 from tasks.sender import CelerySender
 
 pytestmark = pytest.mark.chaos

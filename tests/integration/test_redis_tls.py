@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
-from farm.redis_access import redis_url
-from farm.redis_server import RedisUnavailable, wait_for_redis
-from farm.settings import Settings
-from farm.supervisor import free_port, start_farm, stop_farm
+from farm.config.redis_connection import redis_url
+from farm.config.settings import Settings
+from farm.ops.redis_server import RedisUnavailable, wait_for_redis
+from farm.ops.supervisor import free_port, start_farm, stop_farm
 from tests.conftest import ROOT, Doc
 from tests.integration.conftest import FarmHandle
 

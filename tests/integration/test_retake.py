@@ -9,13 +9,13 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from farm.cli import app
-from farm.plan import Plan, Step, StepKind, build_plan
-from farm.problems import InputError
-from farm.retake import Changes, RetakeError, marked_for_retake, plan_retake, retake, run_source
-from farm.review import approve, gated_steps, mark
-from farm.state import RunStore
-from farm.validate import check_episode, load_episode
+from farm.cli.app import app
+from farm.episode.problems import InputError
+from farm.episode.validate import check_episode, load_episode
+from farm.planning.plan import Plan, Step, StepKind, build_plan
+from farm.runs.retake import Changes, RetakeError, marked_for_retake, plan_retake, retake, run_source
+from farm.runs.review import approve, gated_steps, mark
+from farm.runs.state import RunStore
 from tests.conftest import Doc
 from tests.integration.test_run_state import drain
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm import manifest
-from farm.dispatch import step_ended
-from farm.plan import Plan, build_plan
-from farm.review import gated_steps
-from farm.scheduler import Scheduler
-from farm.state import RunStore
-from farm.storage import LocalStore
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.plan import Plan, build_plan
+from farm.runs import manifest
+from farm.runs.dispatch import step_ended
+from farm.runs.review import gated_steps
+from farm.runs.scheduler import Scheduler
+from farm.runs.state import RunStore
+from farm.storage.stores import LocalStore
 
 
 def sample_plan(sample_path: Path) -> Plan:
@@ -131,7 +131,7 @@ class _Recorder:
 
 
 def test_released_steps_whose_message_was_lost_are_sent_again(client: redis.Redis, sample_path: Path) -> None:
-    from farm.dispatch import resend_unsent
+    from farm.runs.dispatch import resend_unsent
 
     plan = sample_plan(sample_path)
     runs = RunStore(client)

@@ -12,13 +12,13 @@ from unittest import mock
 import boto3  # type: ignore[import-untyped]
 import redis
 
-from farm import dispatch
-from farm.plan import build_plan
-from farm.progress import snapshot
-from farm.settings import Settings
-from farm.state import RunStore
-from farm.supervisor import free_port, start_farm, stop_farm
-from farm.validate import load_episode
+from farm.config.settings import Settings
+from farm.episode.validate import load_episode
+from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.planning.plan import build_plan
+from farm.runs import dispatch
+from farm.runs.progress import snapshot
+from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from tests.conftest import MOTO_BUCKET, Doc

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm import dispatch
-from farm.estimate import critical_path, makespan_at_limits, remaining_path_s
-from farm.plan import Plan, Step, build_plan
-from farm.scheduler import Announcement, Policy, Ready, Scheduler
-from farm.state import RunStore
-from farm.validate import load_episode
+from farm.episode.validate import load_episode
+from farm.planning.estimate import critical_path, makespan_at_limits, remaining_path_s
+from farm.planning.plan import Plan, Step, build_plan
+from farm.runs import dispatch
+from farm.runs.scheduler import Announcement, Policy, Ready, Scheduler
+from farm.runs.state import RunStore
 
 T0 = 1_800_000_000.0
 

@@ -14,8 +14,8 @@ from celery.security.certificate import Certificate
 from celery.security.key import PrivateKey
 from celery.security.serialization import SecureSerializer
 
-from farm.progress import snapshot
-from farm.settings import Settings
+from farm.config.settings import Settings
+from farm.runs.progress import snapshot
 from tasks.app import make_app
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, running_farm

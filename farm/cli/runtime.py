@@ -1,0 +1,51 @@
+"""What the CLI's command groups share: the console, exit codes, and the connection to a running farm."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import redis
+import typer
+from rich.console import Console
+
+from farm.config.redis_connection import (
+    safe_url as safe_url,  # re-exported: farm.cli.app imports it from here
+)
+from farm.config.settings import Settings
+from farm.ops.redis_server import is_up
+from farm.runs.state import RunStore
+
+if TYPE_CHECKING:
+    from tasks.sender import CelerySender
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+"""Piped output (CI, files) gets a fixed width instead of rich's narrow default."""
+
+FAILED = 1
+INPUT_ERROR = 2
+PAUSED = 3
+"""The run waits for its budget to be raised (`farm budget RUN USD`)."""
+
+RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
+
+
+def connect(settings: Settings) -> tuple[RunStore, CelerySender]:
+    """Connect to the farm's Redis; a clear message (exit 1) when no farm is running."""
+    from tasks.app import broker_url, make_app, signing_of
+    from tasks.sender import CelerySender
+
+    url = broker_url(settings)
+    if not is_up(url):
+        print(
+            f"no farm answers at {safe_url(url)}: start one with `farm up` (or set FARM_REDIS_URL)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(FAILED)
+    return RunStore(redis.Redis.from_url(url)), CelerySender(make_app(url, signing=signing_of(settings)))
+
+
+def require_run(runs: RunStore, run_id: str) -> None:
+    if not runs.exists(run_id):
+        print(f"no run {run_id!r}; `farm runs` lists them", file=sys.stderr)
+        raise typer.Exit(INPUT_ERROR)

@@ -1,6 +1,0 @@
-"""Loopback emulators of the paid providers' HTTP protocols, for tests and offline demos.
-
-`workers.emulators.fal_server` serves fal.ai's queue and storage API on 127.0.0.1. Import it by its full
-name: this package deliberately re-exports nothing, so `python -m workers.emulators.fal_server` does not
-import the module twice.
-"""

@@ -1,0 +1,1 @@
+"""Rented GPU pods: RunPod (runpod's one home), the pool and its leases, the ledger, SSH."""
