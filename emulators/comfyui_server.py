@@ -3,7 +3,7 @@
 It follows the project's protocol note (shared/protocols/comfyui.md): the §2 routes (each also under `/api`),
 §3 history entries, validation of §5 API-format graphs against a small list of node classes, one run at a
 time on a worker thread, and the Origin check. Outputs are real files rendered by the embedded engine
-(`workers.local.LocalEngine`) into `<root>/output`, sized, captioned and seeded from the graph, so downloads
+(`workers.local.LocalBackend`) into `<root>/output`, sized, captioned and seeded from the graph, so downloads
 through `/view` or over SFTP, probes and reuse are exercised for real. §4's websocket (`/ws?clientId=`)
 pushes a run's events to the client that queued it, with one `progress` event per sampler step
 (`emulators.comfy_ws`).
@@ -46,7 +46,7 @@ from emulators.comfy_ws import EventSockets
 from emulators.http_base import POLL_INTERVAL_S as POLL_INTERVAL_S
 from emulators.http_base import EmulatorRequestHandler, EmulatorServer, LoopbackEmulator
 from workers.base import StepJob
-from workers.local import LocalEngine
+from workers.local import LocalBackend
 
 LOG = logging.getLogger(__name__)
 
@@ -672,7 +672,7 @@ def _image_file_errors(wf: Workflow, node_id: str) -> list[dict[str, Any]]:
 
 
 def image_job(wf: Workflow, output: str) -> tuple[str, dict[str, Any], list[Path]]:
-    """What a SaveImage node's image is: (LocalEngine kind, params, inputs).
+    """What a SaveImage node's image is: (LocalBackend kind, params, inputs).
 
     A LoadImage feeding a VAEEncode above the sampler makes it img2img (KSampler denoise as strength); no
     sampler at all but a LoadImage makes it a resize (an upscale graph); anything else is t2i.
@@ -733,7 +733,7 @@ class Renderer:
 
     def __init__(self, folders: Folders) -> None:
         self.folders = folders
-        self.engine = LocalEngine()
+        self.engine = LocalBackend()
 
     def render(self, wf: Workflow, output: str) -> dict[str, Any]:
         if wf.cls(output) in IMAGE_OUTPUTS:

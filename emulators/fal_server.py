@@ -2,7 +2,7 @@
 
 It follows the project's protocol note (shared/protocols/fal.md): submit, status, result and cancel on the
 queue, the CDN token + upload pair and the storage-initiate fallback, with the five model endpoints the
-engine cards use. Outputs are real files rendered by the embedded engine (`workers.local.LocalEngine`) and
+engine cards use. Outputs are real files rendered by the embedded engine (`workers.local.LocalBackend`) and
 served from `/files/<name>`, so a farm run against the emulator exercises downloads, probes and reuse for
 real. Faults (5xx, 429 with Retry-After, dropped connections, slow status, requests that never finish)
 are drawn from a seeded `random.Random`, so a failing test replays exactly.
@@ -50,8 +50,8 @@ from emulators.http_base import Call, EmulatorRequestHandler, EmulatorServer, Lo
 from emulators.http_base import Reply as Reply
 from emulators.http_base import json_reply as json_reply
 from farm.episode.engine_cards import CARDS, Operation
-from workers.base import EngineError, StepJob
-from workers.local import LocalEngine
+from workers.base import BackendError, StepJob
+from workers.local import LocalBackend
 
 LOG = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class Renderer:
         self.store = store
         self.scratch = scratch
         self.nsfw_keyword = nsfw_keyword
-        self.engine = LocalEngine()
+        self.engine = LocalBackend()
         scratch.mkdir(parents=True, exist_ok=True)
 
     def render(self, job: Job) -> dict[str, Any]:
@@ -832,7 +832,7 @@ class FalEmulator(LoopbackEmulator):
             return json_reply(200, self.renderer.render(job))
         except ModelError as exc:
             return exc.reply
-        except EngineError as exc:
+        except BackendError as exc:
             LOG.warning("fal emulator: %s failed to render: %s", job.request_id, exc)
             return detail(500, str(exc), error_type="internal_server_error")
 

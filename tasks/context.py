@@ -15,8 +15,8 @@ from farm.storage.artifacts import store_from_settings
 from farm.storage.stores import ArtifactStore
 from tasks.app import app, broker_url
 from tasks.sender import CelerySender
-from workers.backends import EngineServices, make_engine
-from workers.base import Engine
+from workers.backends import BackendServices, make_backend
+from workers.base import Backend
 
 
 @dataclass
@@ -26,16 +26,16 @@ class WorkerContext:
     store: ArtifactStore
     sender: CelerySender
     scheduler: Scheduler
-    engines: dict[str, Engine] = field(default_factory=dict)
-    _engines_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    backends: dict[str, Backend] = field(default_factory=dict)
+    _backends_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def engine(self, name: str) -> Engine:
-        """One engine per name and process, however many threads ask at once (a cloud worker's first
+    def backend(self, name: str) -> Backend:
+        """One backend per name and process, however many threads ask at once (a cloud worker's first
         burst would otherwise build a fal client per thread)."""
-        with self._engines_lock:
-            if name not in self.engines:
-                self.engines[name] = make_engine(name, EngineServices(self.settings, self.runs.r))
-            return self.engines[name]
+        with self._backends_lock:
+            if name not in self.backends:
+                self.backends[name] = make_backend(name, BackendServices(self.settings, self.runs.r))
+            return self.backends[name]
 
 
 LANES_TTL_S = 1.0

@@ -172,7 +172,7 @@ def produce(
         folder = Path(tmp)
         inputs = fetch_inputs(ctx, run_id, step, namespace, folder)
         outputs = [folder / f"out{i}{Path(name).suffix}" for i, name in enumerate(step.outputs)]
-        engine = ctx.engine(backend_for(step.kind, backend))
+        engine = ctx.backend(backend_for(step.kind, backend))
         job = StepJob(
             step.id,
             step.kind.value,

@@ -1,4 +1,2 @@
-"""Engine backends (embedded, fal.ai, ComfyUI on RunPod), one module each behind one interface.
-
-Empty until the execution issue: the plan in `farm` is pure data and needs no backend yet.
-"""
+"""Backends that render a step (embedded, fal.ai, ComfyUI on rented GPU pods), one subpackage each behind
+the one interface in `base.py`; `backends.py` picks one by name."""

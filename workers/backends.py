@@ -9,38 +9,38 @@ from typing import TYPE_CHECKING
 import redis
 
 from farm.config.settings import Settings
-from workers.base import Engine
-from workers.local import LocalEngine
+from workers.base import Backend
+from workers.local import LocalBackend
 
 if TYPE_CHECKING:  # the GPU pool's modules load only where it is used
     from workers.comfyui.on_pod import ComfySettings
-    from workers.gpu.pod_ledger import PodRegistry
+    from workers.gpu.pod_ledger import PodLedger
     from workers.gpu.pool import GpuPool
 
 
 @dataclass(frozen=True)
-class EngineServices:
+class BackendServices:
     """What a backend may use besides its own SDK: the settings and the farm's Redis."""
 
     settings: Settings
     redis: redis.Redis
 
 
-def _fal(services: EngineServices) -> Engine:
-    from workers.fal.backend import FalEngine  # imported only where fal is used
+def _fal(services: BackendServices) -> Backend:
+    from workers.fal.backend import FalBackend  # imported only where fal is used
     from workers.fal.provider_cap import ProviderCap
     from workers.fal.request_book import RequestBook
 
     cap = ProviderCap(services.redis, "fal", services.settings.fal_max_in_flight)
-    return FalEngine(services.settings, RequestBook(services.redis, "fal"), cap)
+    return FalBackend(services.settings, RequestBook(services.redis, "fal"), cap)
 
 
-def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, ComfySettings]:
+def build_gpu_pool(services: BackendServices) -> tuple[GpuPool, PodLedger, ComfySettings]:
     """The GPU pool, its registry and ComfyUI settings from the farm's settings (engine and `farm pods`)."""
     import shlex
 
     from workers.comfyui.on_pod import ComfySettings, CustomNode
-    from workers.gpu.pod_ledger import PodRegistry
+    from workers.gpu.pod_ledger import PodLedger
     from workers.gpu.pods import PodSpec, RunpodPods
     from workers.gpu.pool import GpuPool, PoolLimits
 
@@ -57,7 +57,7 @@ def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, Comf
         public_key=public,
     )
     pods = RunpodPods(s.runpod_api_key.get_secret_value(), base_url=s.runpod_url, spec=spec)
-    registry = PodRegistry(services.redis, slots=s.gpu_jobs_per_pod)
+    registry = PodLedger(services.redis, slots=s.gpu_jobs_per_pod)
     limits = PoolLimits(
         max_pods=s.gpu_max_pods,
         max_usd_per_hr=s.gpu_max_usd_per_hr,
@@ -76,23 +76,23 @@ def build_gpu_pool(services: EngineServices) -> tuple[GpuPool, PodRegistry, Comf
     return GpuPool(pods, registry, limits), registry, comfy
 
 
-def _comfyui(services: EngineServices) -> Engine:
-    from workers.comfyui.backend import ComfyEngine
+def _comfyui(services: BackendServices) -> Backend:
+    from workers.comfyui.backend import ComfyBackend
 
     pool, registry, comfy = build_gpu_pool(services)
-    return ComfyEngine(pool, registry, comfy)
+    return ComfyBackend(pool, registry, comfy)
 
 
-ENGINES: dict[str, Callable[[EngineServices], Engine]] = {
-    "local": lambda services: LocalEngine(),
+BACKENDS: dict[str, Callable[[BackendServices], Backend]] = {
+    "local": lambda services: LocalBackend(),
     "fal": _fal,
     "comfyui": _comfyui,
 }
 
 
-def make_engine(name: str, services: EngineServices) -> Engine:
+def make_backend(name: str, services: BackendServices) -> Backend:
     try:
-        factory = ENGINES[name]
+        factory = BACKENDS[name]
     except KeyError:
-        raise ValueError(f"no {name!r} engine in this farm yet; known: {', '.join(ENGINES)}") from None
+        raise ValueError(f"no {name!r} engine in this farm yet; known: {', '.join(BACKENDS)}") from None
     return factory(services)

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 from farm.storage.stores import DISK_FULL
 
 
-class EngineError(Exception):
+class BackendError(Exception):
     """Base of every failure a backend reports; the message is shown to the studio as the reason."""
 
 
-class TransientError(EngineError):
+class TransientError(BackendError):
     """Worth retrying later (connection reset, 5xx, 429, timeout). `retry_after_s` when the provider says."""
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
@@ -46,11 +46,11 @@ def scratch_room(folder: Path) -> Iterator[None]:
         raise TransientError(f"no room to download the output into {folder}: {exc.strerror}") from exc
 
 
-class PermanentError(EngineError):
+class PermanentError(BackendError):
     """Retrying cannot help (bad input, validation error): the step fails with this reason."""
 
 
-class ContentPolicyError(EngineError):
+class ContentPolicyError(BackendError):
     """The provider refused the content; the step is re-routed to the GPU pool."""
 
 
@@ -83,7 +83,7 @@ class StepResult:
     """Anything worth keeping in the manifest (request ids, seeds echoed back, durations)."""
 
 
-class Engine(Protocol):
+class Backend(Protocol):
     """A backend. `name` is what the routing table and the manifest call it."""
 
     name: str

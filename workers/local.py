@@ -31,7 +31,7 @@ STROKE_COLOUR = (0, 0, 0)
 Handler = Callable[[StepJob], dict[str, Any]]
 
 
-class LocalEngine:
+class LocalBackend:
     """Runs t2i, img2img, upscale, split, video, ken_burns, hold and concat steps locally."""
 
     name = "local"

@@ -34,9 +34,9 @@ def local_autoscaler(farm: Farm, queues: tuple[str, ...]) -> tuple[Autoscaler, d
     sources = {}
     if "gpu" in queues and farm.settings.runpod_api_key is not None:
         from farm.ops.pod_scaling import POD_POOL, PodPoolScaling, pod_policy
-        from workers.backends import EngineServices, build_gpu_pool
+        from workers.backends import BackendServices, build_gpu_pool
 
-        gpu_pool, _, _ = build_gpu_pool(EngineServices(farm.settings, client))
+        gpu_pool, _, _ = build_gpu_pool(BackendServices(farm.settings, client))
         pools[POD_POOL], rules[POD_POOL], sources[POD_POOL] = (
             PodPoolScaling(gpu_pool),
             pod_policy(farm.settings),

@@ -28,16 +28,16 @@ PodArg = Annotated[str, typer.Argument(help="Pod id (see `farm pods list`).", sh
 def _pool() -> Iterator[tuple[Any, Any, Any]]:
     """The pool from settings; errors become one clear line and exit 1."""
     from tasks.app import broker_url
-    from workers.backends import EngineServices, build_gpu_pool
-    from workers.base import EngineError
+    from workers.backends import BackendServices, build_gpu_pool
+    from workers.base import BackendError
 
     settings = load_settings()
     url = broker_url(settings)
     if not is_up(url):
         _fail("no farm Redis answers: start one with `farm up` (or set FARM_REDIS_URL)")
     try:
-        yield build_gpu_pool(EngineServices(settings, redis.Redis.from_url(url)))
-    except (EngineError, ValueError) as exc:
+        yield build_gpu_pool(BackendServices(settings, redis.Redis.from_url(url)))
+    except (BackendError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -52,13 +52,13 @@ class PodReaper:
         if time.monotonic() < self.next_at:
             return
         self.next_at = time.monotonic() + self.every_s
-        from workers.backends import EngineServices, build_gpu_pool
-        from workers.base import EngineError
+        from workers.backends import BackendServices, build_gpu_pool
+        from workers.base import BackendError
 
         try:
-            pool, _, _ = build_gpu_pool(EngineServices(self.settings, redis.Redis.from_url(self.broker)))
+            pool, _, _ = build_gpu_pool(BackendServices(self.settings, redis.Redis.from_url(self.broker)))
             report = pool.reap()
-        except (EngineError, ValueError, redis.RedisError) as exc:
+        except (BackendError, ValueError, redis.RedisError) as exc:
             console.print(f"[yellow]pod reaper[/]: {exc}")
             return
         for pod_id in report.stopped_idle + report.stopped_orphans:
@@ -71,13 +71,13 @@ def _fail(message: str) -> None:
 
 
 def _shell(pool: Any, registry: Any, comfy: Any, pod_id: str) -> Any:
-    from workers.gpu.pod_ledger import RegistryKnownHosts
+    from workers.gpu.pod_ledger import LedgerKnownHosts
     from workers.gpu.ssh import PodShell
 
     endpoint = pool.pods.get(pod_id).ssh
     if endpoint is None:
         _fail(f"pod {pod_id} exposes no SSH endpoint (is it running?)")
-    return PodShell(pod_id, endpoint, comfy.key_path, RegistryKnownHosts(registry))
+    return PodShell(pod_id, endpoint, comfy.key_path, LedgerKnownHosts(registry))
 
 
 @pods_app.command("list")

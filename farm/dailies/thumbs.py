@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from workers.base import EngineError
+from workers.base import BackendError
 from workers.media import extract_frame
 
 THUMB_EDGE = 320
@@ -39,7 +39,7 @@ def thumbnail(source: Path, folder: Path) -> str | None:
             _poster(source, target)
         else:
             _shrink(source, target)
-    except (OSError, EngineError):  # Pillow's UnidentifiedImageError is an OSError
+    except (OSError, BackendError):  # Pillow's UnidentifiedImageError is an OSError
         return None
     return name
 

@@ -16,7 +16,7 @@ from typing import Protocol
 import redis
 
 from farm.config.settings import Settings
-from farm.ops.scaling_rules import Decision, Policy, Scaler, gpu_worker_cap
+from farm.ops.scaling_rules import Decision, Scaler, ScalingPolicy, gpu_worker_cap
 from tasks.backlog import read_backlogs
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def parse_limits(spec: str) -> dict[str, tuple[int, int]]:
     return limits
 
 
-def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, Policy]:
+def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, ScalingPolicy]:
     limits = parse_limits(settings.autoscale_workers)
     result = {}
     for queue in queues:
@@ -59,7 +59,7 @@ def policies(settings: Settings, queues: tuple[str, ...]) -> dict[str, Policy]:
                 settings.concurrency(queue),
             )
             low = min(low, high)
-        result[queue] = Policy(
+        result[queue] = ScalingPolicy(
             low,
             high,
             settings.concurrency(queue),
@@ -75,7 +75,7 @@ class Autoscaler:
         self,
         client: redis.Redis,
         pools: Mapping[str, Pool],
-        policies: Mapping[str, Policy],
+        policies: Mapping[str, ScalingPolicy],
         clock: Callable[[], float] = time.time,
         sources: Mapping[str, str] | None = None,
     ) -> None:

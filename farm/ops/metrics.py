@@ -34,7 +34,7 @@ from farm.config.redis_text import as_text
 from farm.config.settings import Settings
 from farm.ops.autoscaler import last_decisions
 from tasks.backlog import read_backlogs
-from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pod_ledger import PodLedger
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -151,7 +151,7 @@ class FarmCollector(Collector):
         yield cost
 
     def _pods(self) -> Iterator[GaugeMetricFamily]:
-        registry = PodRegistry(self.client)
+        registry = PodLedger(self.client)
         pods = registry.pods()
         count = GaugeMetricFamily("farm_pods", "GPU pods the pool knows, by state", labels=["state"])
         hourly = GaugeMetricFamily("farm_pods_usd_per_hour", "What the pool's live pods cost per hour")

@@ -14,7 +14,7 @@ import math
 import threading
 
 from farm.config.settings import Settings
-from farm.ops.scaling_rules import Policy
+from farm.ops.scaling_rules import ScalingPolicy
 from workers.base import CapacityWait
 from workers.gpu.pod_ledger import LIVE_STATES
 from workers.gpu.pool import GpuPool
@@ -59,10 +59,10 @@ class PodPoolScaling:
         log.info("autoscale %s: started pod %s ahead of the backlog", POD_POOL, pod_id)
 
 
-def pod_policy(settings: Settings, min_pods: int = 0) -> Policy:
+def pod_policy(settings: Settings, min_pods: int = 0) -> ScalingPolicy:
     price = settings.gpu_expected_usd_per_hr
     affordable = min(settings.gpu_max_pods, math.floor(settings.gpu_max_usd_per_hr / price))
-    return Policy(
+    return ScalingPolicy(
         min(min_pods, affordable),
         affordable,
         settings.gpu_jobs_per_pod,

@@ -14,7 +14,7 @@ from tasks.backlog import Backlog
 
 
 @dataclass(frozen=True)
-class Policy:
+class ScalingPolicy:
     min_workers: int
     max_workers: int
     per_worker: int
@@ -55,7 +55,7 @@ class Decision:
         )
 
 
-def wanted_workers(policy: Policy, backlog: Backlog) -> int:
+def wanted_workers(policy: ScalingPolicy, backlog: Backlog) -> int:
     return max(policy.min_workers, min(policy.max_workers, math.ceil(backlog.load / policy.per_worker)))
 
 
@@ -65,7 +65,7 @@ class Scaler:
     shrink)."""
 
     queue: str
-    policy: Policy
+    policy: ScalingPolicy
     last_change: float = -math.inf
     fewer_since: float | None = None
 

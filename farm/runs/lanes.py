@@ -13,7 +13,7 @@ from farm.ops.scaling_rules import affordable_pods
 from farm.planning.estimate import makespan_at_limits
 from farm.planning.plan import Plan, Step
 from farm.planning.routing import QUEUES, step_queue
-from farm.runs.scheduler import Announcement, Policy
+from farm.runs.scheduler import Announcement, RankingPolicy
 
 
 def provider_cap(queue: str, settings: Settings) -> int | None:
@@ -37,8 +37,8 @@ def configured_limits(settings: Settings) -> dict[str, int | None]:
     return limits
 
 
-def policy(settings: Settings) -> Policy:
-    return Policy(
+def policy(settings: Settings) -> RankingPolicy:
+    return RankingPolicy(
         order=settings.schedule_order,
         priority_head_start_s=settings.schedule_priority_head_start_s,
         aging=settings.schedule_aging,

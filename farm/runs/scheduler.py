@@ -146,7 +146,7 @@ return moved
 
 
 @dataclass(frozen=True)
-class Policy:
+class RankingPolicy:
     """How ready steps are ranked. Higher rank is admitted first."""
 
     order: Order = "critical_path"
@@ -191,7 +191,7 @@ class Announcement:
     slots: int
     cap: int | None = None
     """The provider's limit this worker enforces (fal in flight, pod jobs); None when there is none."""
-    policy: Policy = field(default_factory=Policy)
+    policy: RankingPolicy = field(default_factory=RankingPolicy)
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class Lane:
     slots: int | None
     """Live workers' slots; None when no worker has announced itself."""
     cap: int | None
-    policy: Policy
+    policy: RankingPolicy
 
     @property
     def limit(self) -> int | None:
@@ -472,12 +472,12 @@ class Scheduler:
 
 def _lane(queue: str, live: list[dict[str, Any]]) -> Lane:
     if not live:
-        return Lane(queue, None, None, Policy())
+        return Lane(queue, None, None, RankingPolicy())
     caps = [int(d["cap"]) for d in live if d.get("cap") is not None]
     newest = max(live, key=lambda d: float(d["expires"]))
     return Lane(
         queue,
         slots=sum(int(d["slots"]) for d in live),
         cap=min(caps) if caps else None,
-        policy=Policy(**newest["policy"]),
+        policy=RankingPolicy(**newest["policy"]),
     )

@@ -40,7 +40,7 @@ from farm.storage.artifacts import namespace_for
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from workers.base import StepJob
-from workers.local import LocalEngine
+from workers.local import LocalBackend
 
 FAL_KEY = "bench-key"
 SETTLED = ("succeeded", "failed", "cancelled")
@@ -279,7 +279,7 @@ class StandIns:
             if shape not in self._made:
                 out = self.folder / f"clip-{width}x{height}-{fps}-{frames}.mp4"
                 params = {"width": width, "height": height, "fps": fps, "duration_s": frames / fps}
-                LocalEngine().run(StepJob(f"clip-{frames}", "hold", "bench", None, params, [still], [out]))
+                LocalBackend().run(StepJob(f"clip-{frames}", "hold", "bench", None, params, [still], [out]))
                 self._made[shape] = out
             return self._made[shape]
 

@@ -18,7 +18,7 @@ from tasks.context import WorkerContext
 from tasks.execute import RetryLater, StepFailed, execute
 from workers.base import StepJob, StepResult
 from workers.gpu.pool import PoolFull
-from workers.local import LocalEngine
+from workers.local import LocalBackend
 
 
 class CountingEngine:
@@ -28,7 +28,7 @@ class CountingEngine:
 
     def __init__(self) -> None:
         self.jobs: list[StepJob] = []
-        self.inner = LocalEngine()
+        self.inner = LocalBackend()
 
     def run(self, job: StepJob) -> StepResult:
         self.jobs.append(job)
@@ -124,7 +124,7 @@ def test_an_engine_error_fails_the_step_with_its_message(
     assert ctx.runs.states(run_id)[upscale.id] == "failed"
 
 
-class FullPoolEngine:
+class FullPoolBackend:
     """Every pod busy, every time: the step must wait, not fail."""
 
     name = "local"
@@ -137,7 +137,7 @@ def test_waiting_for_a_free_pod_never_uses_up_the_steps_retries(
     client: redis.Redis, tmp_path: Path, sample_path: Path
 ) -> None:
     ctx, _ = make_context(client, tmp_path)
-    ctx.engines["local"] = FullPoolEngine()
+    ctx.backends["local"] = FullPoolBackend()
     plan = held_shot_plan(sample_path)
     run_id = submit(ctx, plan, tmp_path)
     root = plan.steps[0].id

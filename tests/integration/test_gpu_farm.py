@@ -32,11 +32,11 @@ from farm.planning.plan import Plan
 from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
-from workers.backends import EngineServices, build_gpu_pool
+from workers.backends import BackendServices, build_gpu_pool
 from workers.comfyui.backend import prompt_id_for
 from workers.comfyui.on_pod import START_SCRIPT, ComfyOnPod, CustomNode
 from workers.comfyui.workflows import load_workflow
-from workers.gpu.pod_ledger import PodRegistry, RegistryKnownHosts
+from workers.gpu.pod_ledger import LedgerKnownHosts, PodLedger
 from workers.gpu.pods import RunpodPods
 from workers.gpu.pool import GpuPool, PoolLimits
 from workers.gpu.ssh import PodShell
@@ -120,7 +120,7 @@ class GpuFarm(FarmHandle):
         limits = PoolLimits(
             idle_timeout_s=self.settings.gpu_idle_timeout_s, name_prefix=self.settings.gpu_pod_prefix
         )
-        return GpuPool(pods, PodRegistry(self.redis), limits)
+        return GpuPool(pods, PodLedger(self.redis), limits)
 
 
 def node_repository(folder: Path, name: str) -> str:
@@ -248,7 +248,7 @@ def one_shot_episode(
 
 def caught_in_flight(gpu_farm: GpuFarm, plan: Plan, timeout_s: float = 120) -> tuple[str, str]:
     """The first step whose ComfyUI prompt went to a pod, and that pod, while the prompt still runs."""
-    registry = PodRegistry(gpu_farm.redis)
+    registry = PodLedger(gpu_farm.redis)
     deadline = time.monotonic() + timeout_s
     while True:
         for step in plan.steps:
@@ -335,7 +335,7 @@ def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
         worker = gpu_farm.farm.workers["gpu"]
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        registry = PodRegistry(gpu_farm.redis)
+        registry = PodLedger(gpu_farm.redis)
         assert registry.get(pod_id).lease_holder, "the dead worker's lease outlives it"  # type: ignore[union-attr]
         gpu_farm.farm.workers["gpu"] = start_worker(gpu_farm.farm, "gpu")
         assert gpu_farm.wait(run_id, timeout_s=400) == "succeeded", gpu_farm.runs.info(run_id)
@@ -350,7 +350,7 @@ def test_a_gpu_worker_killed_mid_job_leaves_no_orphan_pod_and_no_second_render(
     assert all(p.lease_holder is None for p in registry.pods())
 
 
-def comfy_pid(registry: PodRegistry, pod_id: str) -> int | None:
+def comfy_pid(registry: PodLedger, pod_id: str) -> int | None:
     record = registry.get(pod_id)
     return record.comfy_pid if record is not None else None
 
@@ -358,10 +358,10 @@ def comfy_pid(registry: PodRegistry, pod_id: str) -> int | None:
 def test_a_new_custom_node_is_installed_and_comfyui_restarted_by_pid(
     gpu_farm: GpuFarm, tmp_path: Path
 ) -> None:
-    pool, registry, comfy = build_gpu_pool(EngineServices(gpu_farm.settings, gpu_farm.redis))
+    pool, registry, comfy = build_gpu_pool(BackendServices(gpu_farm.settings, gpu_farm.redis))
     lease = pool.acquire("qwen", "test-holder:1:nodes")
     workflow = load_workflow("qwen_t2i")
-    shell = PodShell(lease.pod_id, lease.endpoint, comfy.key_path, RegistryKnownHosts(registry))
+    shell = PodShell(lease.pod_id, lease.endpoint, comfy.key_path, LedgerKnownHosts(registry))
     try:
         with shell:
             ComfyOnPod(registry, comfy, tick=lambda: None).ensure(
@@ -386,8 +386,8 @@ def test_a_new_custom_node_is_installed_and_comfyui_restarted_by_pid(
 
 
 def test_two_jobs_sharing_a_pod_start_comfyui_once(gpu_farm: GpuFarm) -> None:
-    pool, _, comfy = build_gpu_pool(EngineServices(gpu_farm.settings, gpu_farm.redis))
-    registry = PodRegistry(gpu_farm.redis, slots=2)  # FARM_GPU_JOBS_PER_POD=2
+    pool, _, comfy = build_gpu_pool(BackendServices(gpu_farm.settings, gpu_farm.redis))
+    registry = PodLedger(gpu_farm.redis, slots=2)  # FARM_GPU_JOBS_PER_POD=2
     pool.registry = registry
     first = pool.acquire("zimage", "test-holder:1:job-a")
     others = [p.id for p in registry.pods() if p.id != first.pod_id]
@@ -398,7 +398,7 @@ def test_two_jobs_sharing_a_pod_start_comfyui_once(gpu_farm: GpuFarm) -> None:
     assert first.pod_id == second.pod_id, "the second job shares the pod"
     pod_id, workflow = first.pod_id, load_workflow("zimage_t2i")
     shells = [
-        PodShell(pod_id, lease.endpoint, comfy.key_path, RegistryKnownHosts(registry))
+        PodShell(pod_id, lease.endpoint, comfy.key_path, LedgerKnownHosts(registry))
         for lease in (first, second)
     ]
     try:

@@ -13,9 +13,9 @@ import redis
 from emulators.runpod_server import FakeBackend, RunpodEmulator, RunpodFaults
 from farm.ops.autoscaler import Autoscaler
 from farm.ops.pod_scaling import POD_POOL, PodPoolScaling
-from farm.ops.scaling_rules import Policy
+from farm.ops.scaling_rules import ScalingPolicy
 from workers.base import CapacityWait
-from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pod_ledger import PodLedger
 from workers.gpu.pods import NoCapacity, PodSpec, RunpodAuthError, RunpodPods
 from workers.gpu.pool import GpuPool, PoolFull, PoolLimits
 
@@ -40,7 +40,7 @@ def pool(emulator: RunpodEmulator, client: redis.Redis, monkeypatch: pytest.Monk
     )
     return GpuPool(
         pods,
-        PodRegistry(client),
+        PodLedger(client),
         PoolLimits(max_pods=2, max_usd_per_hr=3.0, idle_timeout_s=0.5, lease_ttl_s=5, ssh_wait_s=10),
     )
 
@@ -129,7 +129,7 @@ def test_the_gpu_backlog_starts_pods_within_the_caps_and_stops_only_idle_ones_wh
     pool: GpuPool, emulator: RunpodEmulator, client: redis.Redis
 ) -> None:
     scaling = PodPoolScaling(pool)
-    policy = Policy(0, 3, per_worker=1, up_cooldown_s=0, down_cooldown_s=0.5)  # 3 > what $3/h buys
+    policy = ScalingPolicy(0, 3, per_worker=1, up_cooldown_s=0, down_cooldown_s=0.5)  # 3 > what $3/h buys
     autoscaler = Autoscaler(client, {POD_POOL: scaling}, {POD_POOL: policy}, sources={POD_POOL: "pods-test"})
     client.lpush("pods-test", *[json.dumps({"headers": {}}) for _ in range(5)])
     try:

@@ -20,7 +20,7 @@ from farm.ops import metrics
 from farm.ops.metrics import metric_value, metrics_credentials, serve_metrics
 from tests.conftest import ROOT
 from tests.integration.conftest import read_until
-from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pod_ledger import PodLedger
 
 SCRAPER = ("prometheus", "scrape-test-password")
 
@@ -52,7 +52,7 @@ def test_counted_events_and_pods_are_exported(client: redis.Redis, scrape: httpx
     metrics.record_failure(client, "t2i", "refused")
     metrics.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
     metrics.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
-    registry = PodRegistry(client)
+    registry = PodLedger(client)
     registry.register("mt-pod-1", "farm-gpu-a", gpu="A100", cost_per_hr=1.19, state="running")
     registry.register("mt-pod-2", "farm-gpu-b", gpu="A100", cost_per_hr=1.19, state="stopped")
     client.lpush("mt-post", "x", "y")

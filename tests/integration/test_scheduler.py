@@ -17,7 +17,7 @@ from farm.episode.validate import load_episode
 from farm.planning.estimate import critical_path, makespan_at_limits, remaining_path_s
 from farm.planning.plan import Plan, Step, build_plan
 from farm.runs import dispatch
-from farm.runs.scheduler import Announcement, Policy, Ready, Scheduler
+from farm.runs.scheduler import Announcement, RankingPolicy, Ready, Scheduler
 from farm.runs.state import RunStore
 
 T0 = 1_800_000_000.0
@@ -39,7 +39,7 @@ class Recorder:
 
 
 def simulate(
-    client: redis.Redis, plans: dict[str, tuple[Plan, int]], cap: int, policy: Policy
+    client: redis.Redis, plans: dict[str, tuple[Plan, int]], cap: int, policy: RankingPolicy
 ) -> dict[str, float]:
     """Run every plan through one lane of `cap` slots on a simulated clock; return each run's makespan."""
     runs, sched = RunStore(client), Scheduler(client)
@@ -99,9 +99,9 @@ def test_critical_path_first_is_near_the_bound_and_beats_fifo(
 ) -> None:
     plan = sample_plan(sample_path)
     bound = lower_bound(plan, cap)
-    ranked = simulate(client, {"cp": (plan, 5)}, cap, Policy())["cp"]
+    ranked = simulate(client, {"cp": (plan, 5)}, cap, RankingPolicy())["cp"]
     client.flushdb()
-    fifo = simulate(client, {"fifo": (plan, 5)}, cap, Policy(order="fifo"))["fifo"]
+    fifo = simulate(client, {"fifo": (plan, 5)}, cap, RankingPolicy(order="fifo"))["fifo"]
     assert bound <= ranked <= 1.15 * bound, (ranked, bound)
     assert ranked < fifo, (ranked, fifo)
     predicted = makespan_at_limits(plan, lambda _: "post", {"post": cap})
@@ -113,7 +113,7 @@ def test_with_room_for_everything_the_episode_takes_its_critical_path(
 ) -> None:
     plan = sample_plan(sample_path)
     _, path_s = critical_path(plan)
-    makespan = simulate(client, {"wide": (plan, 5)}, 1000, Policy())["wide"]
+    makespan = simulate(client, {"wide": (plan, 5)}, 1000, RankingPolicy())["wide"]
     assert makespan == pytest.approx(path_s)
 
 
@@ -121,14 +121,14 @@ def test_a_higher_priority_run_finishes_first_and_the_lower_one_still_progresses
     client: redis.Redis, sample_path: Path
 ) -> None:
     plan = sample_plan(sample_path)
-    finished = simulate(client, {"urgent": (plan, 9), "routine": (plan, 1)}, 3, Policy())
-    alone = simulate(client, {"solo": (plan, 5)}, 3, Policy())["solo"]
+    finished = simulate(client, {"urgent": (plan, 9), "routine": (plan, 1)}, 3, RankingPolicy())
+    alone = simulate(client, {"solo": (plan, 5)}, 3, RankingPolicy())["solo"]
     assert finished["urgent"] < finished["routine"]
     assert finished["urgent"] <= 1.15 * alone, "the urgent run barely notices the other"
 
 
 def test_aging_bounds_how_long_a_low_priority_step_waits(client: redis.Redis) -> None:
-    policy = Policy(priority_head_start_s=300.0, aging=0.25)
+    policy = RankingPolicy(priority_head_start_s=300.0, aging=0.25)
     sched = Scheduler(client)
     sched.announce("post", "w", Announcement(slots=1, policy=policy), now=T0)
     sched.offer([Ready("low", "a", "post", 100.0, 1)], now=T0)

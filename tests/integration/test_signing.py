@@ -19,7 +19,7 @@ from farm.runs.progress import snapshot
 from tasks.app import make_app
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, running_farm
-from tests.signing_keys import make_signing_pair
+from tests.support.signing_keys import make_signing_pair
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from workers.comfyui.on_pod import ComfyOnPod, ComfySettings, wait_for_run
 from workers.comfyui.progress import ProgressWatcher, StepProgress, client_id_for
 from workers.comfyui.workflows import fill, load_workflow, validate_graph, values_for_step, workflow_for_step
 from workers.fal.outputs import check_image, check_video
-from workers.gpu.pod_ledger import PodRegistry, RegistryKnownHosts
+from workers.gpu.pod_ledger import LedgerKnownHosts, PodLedger
 from workers.gpu.pool import GpuPool, PodLease
 from workers.gpu.ssh import PodShell
 
@@ -32,13 +32,13 @@ def prompt_id_for(step_id: str) -> str:
     return str(uuid.uuid5(PROMPT_NAMESPACE, step_id))
 
 
-class ComfyEngine:
+class ComfyBackend:
     name = "comfyui"
 
-    def __init__(self, pool: GpuPool, registry: PodRegistry, settings: ComfySettings) -> None:
+    def __init__(self, pool: GpuPool, registry: PodLedger, settings: ComfySettings) -> None:
         self.pool = pool
         self.registry = registry
-        self.known_hosts = RegistryKnownHosts(registry)
+        self.known_hosts = LedgerKnownHosts(registry)
         self.settings = settings
 
     def run(self, job: StepJob) -> StepResult:

@@ -22,7 +22,7 @@ from PIL import Image
 from workers.base import PermanentError, TransientError
 from workers.comfyui.client import ComfyClient, execution_error
 from workers.comfyui.workflows import Workflow, fill, validate_graph, warm_up_values
-from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pod_ledger import PodLedger
 from workers.gpu.ssh import PodShell
 
 START_SCRIPT = 'cd "$1" && shift && nohup "$@" > comfyui.log 2>&1 < /dev/null & echo $!'
@@ -99,7 +99,7 @@ def wait_for_run(
 class ComfyOnPod:
     """Brings ComfyUI on a leased pod to ready for a workflow; `tick` renews the lease while it waits."""
 
-    def __init__(self, registry: PodRegistry, settings: ComfySettings, tick: Callable[[], object]) -> None:
+    def __init__(self, registry: PodLedger, settings: ComfySettings, tick: Callable[[], object]) -> None:
         self.registry = registry
         self.settings = settings
         self.tick = tick

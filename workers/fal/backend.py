@@ -126,7 +126,7 @@ class _SubmitOnceClient(fal_client.SyncClient):
         )
 
 
-class FalEngine:
+class FalBackend:
     name = "fal"
 
     def __init__(self, settings: Settings, book: RequestBook, cap: ProviderCap) -> None:

@@ -100,7 +100,7 @@ class PodRecord:
         return time.time() - self.last_used if not self.lease_holders else 0.0
 
 
-class PodRegistry:
+class PodLedger:
     def __init__(self, client: redis.Redis, slots: int = 1) -> None:
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"jobs per pod must be between 1 and {MAX_SLOTS}, not {slots}")
@@ -248,10 +248,10 @@ WINDOW_FIELD = "host_key_window_until"
 """Until when a pod the pool just created or resumed may show a host key not yet pinned."""
 
 
-class RegistryKnownHosts:
+class LedgerKnownHosts:
     """Pinned SSH host keys kept with each pod's record, so every GPU worker on every machine agrees."""
 
-    def __init__(self, registry: PodRegistry) -> None:
+    def __init__(self, registry: PodLedger) -> None:
         self.registry = registry
 
     def get(self, pod_id: str) -> str | None:

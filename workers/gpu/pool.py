@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from workers.base import CapacityWait, TransientError
-from workers.gpu.pod_ledger import PodRecord, PodRegistry, RegistryKnownHosts
+from workers.gpu.pod_ledger import LedgerKnownHosts, PodLedger, PodRecord
 from workers.gpu.pods import NoCapacity, PodNotFound, RunpodPods
 from workers.gpu.ssh import Endpoint
 
@@ -57,7 +57,7 @@ class ReapReport:
 
 
 class GpuPool:
-    def __init__(self, pods: RunpodPods, registry: PodRegistry, limits: PoolLimits | None = None) -> None:
+    def __init__(self, pods: RunpodPods, registry: PodLedger, limits: PoolLimits | None = None) -> None:
         self.pods = pods
         self.registry = registry
         self.limits = limits or PoolLimits()
@@ -96,7 +96,7 @@ class GpuPool:
     def resume(self, pod_id: str) -> None:
         """A resumed pod is a new container: ComfyUI is not running and its SSH host key is new."""
         self.registry.set(pod_id, state="starting", comfy_pid="")
-        RegistryKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
+        LedgerKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
         self.pods.resume(pod_id)
 
     def _first_contact_s(self) -> float:
@@ -185,7 +185,7 @@ class GpuPool:
                 )
             pod_id, gpu_type = self._deploy(name)
             self.registry.register(pod_id, name, gpu=gpu_type, cost_per_hr=self.limits.expected_cost_per_hr)
-            RegistryKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
+            LedgerKnownHosts(self.registry).expect_new_key(pod_id, self._first_contact_s())
             self.registry.lease(pod_id, holder, self.limits.lease_ttl_s)
         try:
             endpoint = self.pods.wait_for_ssh(pod_id, self.limits.ssh_wait_s, self.limits.ssh_poll_s)

@@ -20,7 +20,7 @@ from tasks.config import (
     signing_config,
     task_name,
 )
-from tests.signing_keys import make_signing_pair
+from tests.support.signing_keys import make_signing_pair
 
 
 def test_only_json_is_accepted() -> None:

@@ -17,14 +17,13 @@ import httpx
 import pytest
 
 from emulators.ssh_pod import SSHPod, public_key_line
+from tests.support.known_hosts import FileKnownHosts, MemoryKnownHosts
 from workers.base import PermanentError, TransientError
 from workers.gpu.ssh import (
     CommandResult,
     Endpoint,
-    FileKnownHosts,
     HostKeyChanged,
     HostKeyUnknown,
-    MemoryKnownHosts,
     PodShell,
     fingerprint,
 )

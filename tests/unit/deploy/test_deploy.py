@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from farm.cli.app import app
 from farm.planning.routing import QUEUES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "scrape-config.yaml"

@@ -19,9 +19,9 @@ from websockets.sync.client import connect
 from emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
 from workers import media
 from workers.base import StepJob
-from workers.local import LocalEngine
+from workers.local import LocalBackend
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FAST = ComfyFaults(run_seconds=0.01)
 Graph = dict[str, Any]
 MakeEmulator = Callable[..., ComfyUIEmulator]
@@ -234,7 +234,7 @@ def view(comfy: ComfyUIEmulator, record: dict[str, Any]) -> bytes:
 
 def local_render(tmp_path: Path, kind: str, params: dict[str, Any], inputs: list[Path]) -> bytes:
     out = tmp_path / f"expected-{kind}.png"
-    LocalEngine().run(StepJob("expected", kind, "local", None, params, inputs, [out]))
+    LocalBackend().run(StepJob("expected", kind, "local", None, params, inputs, [out]))
     return out.read_bytes()
 
 

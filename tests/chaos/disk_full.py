@@ -34,7 +34,7 @@ def worker_env(folder: Path, flag: Path, store: Path) -> dict[str, str]:
     """Environment for workers whose writes under `store` fail while `flag` exists; every refused write
     appends its path to `hits(flag)`."""
     folder.mkdir(parents=True, exist_ok=True)
-    hook = "from tests.integration import disk_full\n\ndisk_full.install()\n"
+    hook = "from tests.chaos import disk_full\n\ndisk_full.install()\n"
     (folder / "sitecustomize.py").write_text(hook)
     paths = [str(folder), str(ROOT), os.environ.get("PYTHONPATH", "")]
     return {

@@ -7,10 +7,10 @@ from typer.testing import CliRunner
 
 from farm.cli.app import app
 from farm.ops.autoscaler import parse_limits
-from farm.ops.scaling_rules import Policy, Scaler, gpu_worker_cap, wanted_workers
+from farm.ops.scaling_rules import Scaler, ScalingPolicy, gpu_worker_cap, wanted_workers
 from tasks.backlog import Backlog
 
-POLICY = Policy(min_workers=1, max_workers=4, per_worker=2, up_cooldown_s=5, down_cooldown_s=60)
+POLICY = ScalingPolicy(min_workers=1, max_workers=4, per_worker=2, up_cooldown_s=5, down_cooldown_s=60)
 
 
 def backlog(waiting: int = 0, reserved: int = 0, delayed: int = 0) -> Backlog:
@@ -76,7 +76,7 @@ def test_the_gpu_queue_gets_no_more_workers_than_affordable_pods_can_serve() -> 
         2,
         "",
     )
-    capped = Scaler("gpu", Policy(0, 1, 1, cap_reason="1 pod(s) fit $2/h")).decide(
+    capped = Scaler("gpu", ScalingPolicy(0, 1, 1, cap_reason="1 pod(s) fit $2/h")).decide(
         Backlog("gpu", 9, 0), actual=0, now=0.0
     )
     assert capped.target == 1 and "at most 1: 1 pod(s) fit $2/h" in capped.reason
@@ -87,7 +87,7 @@ def test_limits_parse_per_queue_and_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="queue=min:max"):
         parse_limits("post=one:4")
     with pytest.raises(ValueError, match="min <= max"):
-        Policy(3, 2, 1)
+        ScalingPolicy(3, 2, 1)
 
 
 def test_the_autoscale_command_refuses_unknown_queues_and_bad_limits(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ from farm.planning.plan import build_plan
 from farm.runs.dispatch import deliverables_dir
 from farm.runs.state import RunStore
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 MALFORMED = CORPUS / "malformed"
 VALID_STORYBOARD = CORPUS / "valid" / "storyboard.json"
 VALID_REGISTRY = CORPUS / "valid" / "lora_registry.json"

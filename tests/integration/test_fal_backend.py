@@ -14,7 +14,7 @@ from farm.config.settings import Settings
 from farm.episode.validate import load_episode
 from farm.planning.plan import Plan, Step, StepKind, build_plan
 from workers.base import ContentPolicyError, StepJob, TransientError
-from workers.fal.backend import CapReached, FalEngine
+from workers.fal.backend import CapReached, FalBackend
 from workers.fal.provider_cap import ProviderCap
 from workers.fal.request_book import RequestBook
 
@@ -28,9 +28,9 @@ def emulator() -> Iterator[FalEmulator]:
 
 
 @pytest.fixture
-def engine(emulator: FalEmulator, client: redis.Redis, tmp_path: Path) -> FalEngine:
+def engine(emulator: FalEmulator, client: redis.Redis, tmp_path: Path) -> FalBackend:
     settings = Settings(home=tmp_path, fal_key=SecretStr(KEY), fal_url=emulator.url, fal_poll_interval_s=0.05)
-    return FalEngine(settings, RequestBook(client, "fal"), ProviderCap(client, "fal", limit=2))
+    return FalBackend(settings, RequestBook(client, "fal"), ProviderCap(client, "fal", limit=2))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def t2i_job(plan: Plan, tmp_path: Path, prompt_suffix: str = "") -> StepJob:
 
 
 def test_a_step_is_submitted_once_and_its_output_checked(
-    engine: FalEngine, emulator: FalEmulator, plan: Plan, tmp_path: Path
+    engine: FalBackend, emulator: FalEmulator, plan: Plan, tmp_path: Path
 ) -> None:
     job = t2i_job(plan, tmp_path)
     result = engine.run(job)
@@ -60,7 +60,7 @@ def test_a_step_is_submitted_once_and_its_output_checked(
 
 
 def test_a_refused_submit_is_not_retried_by_the_client_and_is_released(
-    engine: FalEngine, emulator: FalEmulator, plan: Plan, tmp_path: Path
+    engine: FalBackend, emulator: FalEmulator, plan: Plan, tmp_path: Path
 ) -> None:
     emulator.set_faults(Faults(submit_429_rate=1.0, retry_after_s=7))
     job = t2i_job(plan, tmp_path)
@@ -76,7 +76,7 @@ def test_a_refused_submit_is_not_retried_by_the_client_and_is_released(
 
 @pytest.mark.chaos
 def test_a_dropped_submit_response_keeps_the_claim_instead_of_submitting_again(
-    engine: FalEngine, emulator: FalEmulator, plan: Plan, tmp_path: Path
+    engine: FalBackend, emulator: FalEmulator, plan: Plan, tmp_path: Path
 ) -> None:
     emulator.set_faults(Faults(drop_submit_response_rate=1.0))
     job = t2i_job(plan, tmp_path)
@@ -89,7 +89,7 @@ def test_a_dropped_submit_response_keeps_the_claim_instead_of_submitting_again(
     assert record is not None and record.state == "claimed"
 
 
-def test_content_policy_and_nsfw_flags_are_refusals(engine: FalEngine, plan: Plan, tmp_path: Path) -> None:
+def test_content_policy_and_nsfw_flags_are_refusals(engine: FalBackend, plan: Plan, tmp_path: Path) -> None:
     with pytest.raises(ContentPolicyError, match="refused"):
         engine.run(t2i_job(plan, tmp_path, " FORBIDDENWORD"))
     with pytest.raises(ContentPolicyError, match="has_nsfw_concepts"):
@@ -97,7 +97,7 @@ def test_content_policy_and_nsfw_flags_are_refusals(engine: FalEngine, plan: Pla
 
 
 def test_the_cap_holds_steps_back_without_submitting(
-    engine: FalEngine, emulator: FalEmulator, plan: Plan, tmp_path: Path
+    engine: FalBackend, emulator: FalEmulator, plan: Plan, tmp_path: Path
 ) -> None:
     engine.cap.acquire("someone-else-1")
     engine.cap.acquire("someone-else-2")

@@ -16,8 +16,7 @@ import pytest
 
 from emulators.fal_server import Faults
 from farm.runs.progress import snapshot
-from tests.conftest import Doc
-from tests.integration.chaos_support import (
+from tests.chaos.support import (
     assert_nothing_lost,
     assert_whole_files,
     downstream,
@@ -25,6 +24,7 @@ from tests.integration.chaos_support import (
     started_part,
     two_shot_episode,
 )
+from tests.conftest import Doc
 from tests.integration.test_fal_farm import FAKE_FAL_SECRET, assert_one_submit_per_paid_step, running_fal_farm
 
 REQUEST_TIMEOUT_S = 3

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from farm.cli.pods import PodReaper
+from tests.chaos.support import assert_nothing_lost, assert_whole_files, run_state
 from tests.conftest import Doc
-from tests.integration.chaos_support import assert_nothing_lost, assert_whole_files, run_state
 from tests.integration.test_gpu_farm import (
     GpuFarm,
     caught_in_flight,
@@ -27,7 +27,7 @@ from tests.integration.test_gpu_farm import (
     slow_comfyui,
     step_record,
 )
-from workers.gpu.pod_ledger import PodRegistry
+from workers.gpu.pod_ledger import PodLedger
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_a_pod_vanishing_mid_render_is_forgotten_and_its_step_renders_on_a_new_p
         farm.runpod.vanish(vanished)
     assert farm.wait(run_id, timeout_s=400) == "succeeded", run_state(farm, run_id)
 
-    registry = PodRegistry(farm.redis)
+    registry = PodLedger(farm.redis)
     assert registry.get(vanished) is None, "the pool forgot the pod RunPod no longer has"
     record = step_record(farm, run_id, step_id)
     provider = record["provider"]

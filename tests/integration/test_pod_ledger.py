@@ -7,11 +7,11 @@ import time
 import pytest
 import redis
 
-from workers.gpu.pod_ledger import PodRegistry, RegistryKnownHosts
+from workers.gpu.pod_ledger import LedgerKnownHosts, PodLedger
 
 
 def test_a_lease_has_one_holder_and_lapses_by_itself(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     pods.register("p1", "farm-gpu-1", gpu="A100 80GB", cost_per_hr=1.19, state="running")
     assert pods.lease("p1", "worker-a", ttl_s=0.3)
     assert not pods.lease("p1", "worker-b", ttl_s=0.3)
@@ -22,7 +22,7 @@ def test_a_lease_has_one_holder_and_lapses_by_itself(client: redis.Redis) -> Non
 
 
 def test_release_records_last_use_family_and_busy_time(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     pods.register("p2", "farm-gpu-2", gpu="A100 80GB", cost_per_hr=1.19, state="running")
     pods.lease("p2", "w", ttl_s=5)
     assert not pods.release("p2", "someone-else", family="wan", busy_s=3)
@@ -33,7 +33,7 @@ def test_release_records_last_use_family_and_busy_time(client: redis.Redis) -> N
 
 
 def test_candidates_prefer_warm_pods_with_the_same_models(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     for pod_id, state, family in (
         ("a", "stopped", "wan"),
         ("b", "running", "qwen"),
@@ -48,7 +48,7 @@ def test_candidates_prefer_warm_pods_with_the_same_models(client: redis.Redis) -
 
 
 def test_idle_lists_running_unleased_pods_past_the_timeout(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     pods.register("old", "farm-gpu-old", gpu="A100", cost_per_hr=1.19, state="running")
     pods.set("old", last_used=time.time() - 700)
     pods.register("fresh", "farm-gpu-fresh", gpu="A100", cost_per_hr=1.19, state="running")
@@ -59,7 +59,7 @@ def test_idle_lists_running_unleased_pods_past_the_timeout(client: redis.Redis) 
 
 
 def test_a_retried_step_takes_over_its_dead_predecessors_lease_only(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     pods.register("p5", "farm-gpu-5", gpu="A100 80GB", cost_per_hr=1.19, state="running")
     assert pods.lease("p5", "host:101:step-a", ttl_s=60)
     assert not pods.take_over("p5", "host:202:step-b", ttl_s=60, step_id="step-b"), "another step waits"
@@ -70,7 +70,7 @@ def test_a_retried_step_takes_over_its_dead_predecessors_lease_only(client: redi
 
 
 def test_the_pod_holding_a_steps_run_is_remembered_until_the_outputs_are_fetched(client: redis.Redis) -> None:
-    pods = PodRegistry(client)
+    pods = PodLedger(client)
     assert pods.run_pod("step-z") is None
     pods.remember_run("step-z", "p6")
     assert pods.run_pod("step-z") == "p6"
@@ -79,7 +79,7 @@ def test_the_pod_holding_a_steps_run_is_remembered_until_the_outputs_are_fetched
 
 
 def test_a_pod_with_two_slots_runs_two_jobs_and_is_idle_only_when_both_end(client: redis.Redis) -> None:
-    pods = PodRegistry(client, slots=2)
+    pods = PodLedger(client, slots=2)
     pods.register("p7", "farm-gpu-7", gpu="A100 80GB", cost_per_hr=1.19, state="running")
     assert pods.lease("p7", "host:1:step-a", ttl_s=60) and pods.lease("p7", "host:2:step-b", ttl_s=60)
     assert not pods.lease("p7", "host:3:step-c", ttl_s=60), "two jobs at a time"
@@ -97,7 +97,7 @@ def test_a_pod_with_two_slots_runs_two_jobs_and_is_idle_only_when_both_end(clien
 
 
 def test_one_worker_at_a_time_sets_a_pod_up(client: redis.Redis) -> None:
-    pods = PodRegistry(client, slots=2)
+    pods = PodLedger(client, slots=2)
     with (
         pods.setup_lock("p8", ttl_s=30, wait_s=1),
         pytest.raises(TimeoutError, match="setting up pod p8"),
@@ -109,9 +109,9 @@ def test_one_worker_at_a_time_sets_a_pod_up(client: redis.Redis) -> None:
 
 
 def test_a_new_host_key_is_taken_only_within_the_window_the_pool_opened(client: redis.Redis) -> None:
-    registry = PodRegistry(client)
+    registry = PodLedger(client)
     registry.register("pod-k", "farm-gpu-k", gpu="A100", cost_per_hr=1.19)
-    known = RegistryKnownHosts(registry)
+    known = LedgerKnownHosts(registry)
     assert not known.expects_new_key("pod-k"), "a pod the pool did not just start shows no new key"
     known.expect_new_key("pod-k", within_s=60)
     assert known.expects_new_key("pod-k")

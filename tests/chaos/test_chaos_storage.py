@@ -1,7 +1,7 @@
 """The artifact store failing mid-write during a farm run, after fal was paid for what it could not keep.
 
 (a) Local store, the disk fills up: while a flag file exists the workers' writes into the store stop half
-    way with ENOSPC (tests/integration/disk_full.py says why it is injected this way).
+    way with ENOSPC (tests/chaos/disk_full.py says why it is injected this way).
 (b) S3, throttled: a proxy in front of the moto server answers every PUT with S3's own `503 SlowDown` for
     a while, long enough for boto3's retries to give up.
 
@@ -26,9 +26,8 @@ import pytest
 
 from farm.planning.plan import Plan
 from farm.runs.progress import snapshot
-from tests.conftest import MOTO_BUCKET, Doc
-from tests.integration import disk_full
-from tests.integration.chaos_support import (
+from tests.chaos import disk_full
+from tests.chaos.support import (
     assert_nothing_lost,
     assert_whole,
     assert_whole_files,
@@ -36,6 +35,7 @@ from tests.integration.chaos_support import (
     two_shot_episode,
     wait_until,
 )
+from tests.conftest import MOTO_BUCKET, Doc
 from tests.integration.test_fal_farm import FalFarm, assert_one_submit_per_paid_step, running_fal_farm
 
 pytestmark = pytest.mark.chaos

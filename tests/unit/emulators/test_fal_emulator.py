@@ -30,7 +30,7 @@ from emulators.fal_server import (
 )
 from workers import media
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "test-key"
 SCALE = 0.002
 """Flux 2 takes 18 ms, WAN 49 frames 78 ms: fast, but every request still passes through each state."""

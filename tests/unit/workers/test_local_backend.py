@@ -11,10 +11,10 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from workers import media
-from workers.base import Engine, PermanentError, StepJob, TransientError
-from workers.local import LocalEngine, cover
+from workers.base import Backend, PermanentError, StepJob, TransientError
+from workers.local import LocalBackend, cover
 
-ENGINE = LocalEngine()
+ENGINE = LocalBackend()
 FPS = 16
 SMALL = {"width": 96, "height": 160}
 PROMPT = "A lighthouse keeper climbs the spiral stairs at dusk, lantern swinging in the wind."
@@ -57,7 +57,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_is_an_engine() -> None:
-    engine: Engine = LocalEngine()
+    engine: Backend = LocalBackend()
     assert engine.name == "local"
 
 
