@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from farm.config.redaction import scrubbed, secret_values
-from farm.ops import metrics
 from farm.planning.plan import Step
 from farm.planning.routing import backend_for, queue_for
-from farm.runs import budget
+from farm.runs import budget, counters
 from farm.runs.dispatch import step_ended
 from farm.runs.manifest import write_manifest
 from farm.runs.state import Completion, RunStore
@@ -128,7 +127,7 @@ def execute(
 def _retry_later(ctx: WorkerContext, run_id: str, step: Step, exc: TransientError) -> NoReturn:
     """Bounded retries with exponential backoff and jitter; waiting for a cap slot is not a retry."""
     reason = f"wait:{type(exc).__name__}" if isinstance(exc, CapacityWait) else type(exc).__name__
-    metrics.record_retry(ctx.runs.r, step.kind.value, reason)
+    counters.record_retry(ctx.runs.r, step.kind.value, reason)
     if isinstance(exc, CapacityWait):
         ctx.runs.bump(run_id, step.id, "cap_waits")
         ctx.runs.set_info(run_id, step.id, last_wait_reason=str(exc))
@@ -218,15 +217,15 @@ def publish(ctx: WorkerContext, step: Step, namespace: str, output_dir: Path) ->
 
 def _count_render(ctx: WorkerContext, step: Step, backend: str, seconds: float, cost: Decimal) -> None:
     """Into the farm-wide metrics: how long the render took and, when paid, where the money went."""
-    metrics.record_step(ctx.runs.r, step.kind.value, step.engine, seconds)
+    counters.record_step(ctx.runs.r, step.kind.value, step.engine, seconds)
     if cost > 0:
         where = backend_for(step.kind, backend)
-        metrics.record_paid(ctx.runs.r, step.endpoint if where == "fal" and step.endpoint else where, cost)
+        counters.record_paid(ctx.runs.r, step.endpoint if where == "fal" and step.endpoint else where, cost)
 
 
 def _fail(ctx: WorkerContext, run_id: str, step_id: str, reason: str, category: str) -> NoReturn:
     """Mark the step failed with its reason (`category` is the short one the metrics count by)."""
-    metrics.record_failure(ctx.runs.r, ctx.runs.step(run_id, step_id).kind.value, category)
+    counters.record_failure(ctx.runs.r, ctx.runs.step(run_id, step_id).kind.value, category)
     if ctx.runs.fail(run_id, step_id, reason):
         write_manifest(ctx.runs, ctx.store, run_id)
     raise StepFailed(reason)

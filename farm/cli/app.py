@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.episode_views import duration, estimate_view, plan_view, usd, validation_summary
+from farm.cli.episode_views import estimate_view, plan_view, validation_summary
 from farm.cli.run_views import print_status, watch
 from farm.cli.runtime import FAILED, INPUT_ERROR, PAUSED, RunArg, connect, console, require_run, safe_url
 from farm.config.settings import Settings, load_settings
@@ -30,6 +30,7 @@ from farm.episode.validate import Episode, load_episode
 from farm.ops.metrics import metrics_credentials, serve_metrics
 from farm.ops.supervisor import Farm, free_port, restart_exited_workers, start_farm, stop_farm, worker_command
 from farm.planning.estimate import estimate as estimate_plan
+from farm.planning.figures import duration, usd
 from farm.planning.plan import Plan, Step, build_plan, build_previz_plan
 from farm.planning.plan_json import money, plan_document
 from farm.planning.routing import QUEUES

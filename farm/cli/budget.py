@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from farm.cli.episode_views import usd
 from farm.cli.runtime import INPUT_ERROR, RunArg, connect, console, require_run
 from farm.config.settings import load_settings
+from farm.planning.figures import usd
 from farm.runs import dispatch
 from farm.runs.budget import parse_budget, read_ledger
 

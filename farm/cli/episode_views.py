@@ -11,19 +11,8 @@ from rich.table import Table
 
 from farm.episode.validate import Episode
 from farm.planning.estimate import Estimate
+from farm.planning.figures import duration, usd
 from farm.planning.plan import Plan, Step
-
-
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def usd(value: Decimal) -> str:
-    return f"${value:,.3f}"
 
 
 def label(step: Step) -> str:

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from farm.cli.episode_views import duration
 from farm.config.settings import load_settings
 from farm.ops.redis_server import is_up
+from farm.planning.figures import duration
 
 pods_app = typer.Typer(no_args_is_help=True, help="Ops for the GPU pool's RunPod pods.")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)

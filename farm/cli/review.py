@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from farm.cli.episode_views import usd
 from farm.cli.runtime import INPUT_ERROR, RunArg, connect, console, require_run
 from farm.config.settings import load_settings
 from farm.episode.problems import InputError
+from farm.planning.figures import usd
 from farm.runs import review
 from farm.runs.retake import Changes, RetakeError, RetakePlan, marked_for_retake, plan_retake
 from farm.runs.retake import retake as make_retake

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from farm.cli.episode_views import duration, usd
+from farm.planning.figures import duration, usd
 from farm.runs.progress import RunProgress
 
 STATE_STYLE = {

@@ -13,10 +13,10 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote
 
-from farm.cli.episode_views import usd
 from farm.dailies.assets import SCRIPT, STYLE
 from farm.dailies.sheet import Card, Dailies, Media
 from farm.dailies.thumbs import thumbnail
+from farm.planning.figures import usd
 
 DAILIES_DIR = "dailies"
 THUMBS_DIR = "thumbs"

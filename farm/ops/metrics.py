@@ -19,7 +19,6 @@ import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from decimal import Decimal
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -33,47 +32,12 @@ from farm.config.credentials import kept_credentials
 from farm.config.redis_text import as_text
 from farm.config.settings import Settings
 from farm.ops.autoscaler import last_decisions
+from farm.runs.counters import DURATION_BUCKETS_S, FAILURES_KEY, PAID_KEY, RETRIES_KEY, SEP, STEPS_KEY
 from tasks.backlog import read_backlogs
 from workers.gpu.pod_ledger import PodLedger
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-STEPS_KEY = "farm:metrics:steps"
-RETRIES_KEY = "farm:metrics:retries"
-FAILURES_KEY = "farm:metrics:failures"
-PAID_KEY = "farm:metrics:paid"
-DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
-SEP = "|"
-
-
-# recording (workers) ----------------------------------------------------------------------------------------
-
-
-def record_step(client: redis.Redis, kind: str, engine: str, seconds: float) -> None:
-    """A step that rendered (a reused output is not a render and is not timed)."""
-    bucket = next((str(b) for b in DURATION_BUCKETS_S if seconds <= b), "+Inf")
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(STEPS_KEY, SEP.join((kind, engine, bucket)), 1)
-    pipe.hincrbyfloat(STEPS_KEY, SEP.join((kind, engine, "sum")), seconds)
-    pipe.execute()
-
-
-def record_paid(client: redis.Redis, endpoint: str, cost_usd: Decimal) -> None:
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(PAID_KEY, SEP.join((endpoint, "calls")), 1)
-    pipe.hincrbyfloat(PAID_KEY, SEP.join((endpoint, "usd")), float(cost_usd))
-    pipe.execute()
-
-
-def record_retry(client: redis.Redis, kind: str, reason: str) -> None:
-    """`reason` is a short class of reason (an exception name), never free text: labels must stay few."""
-    client.hincrby(RETRIES_KEY, SEP.join((kind, reason)), 1)
-
-
-def record_failure(client: redis.Redis, kind: str, reason: str) -> None:
-    client.hincrby(FAILURES_KEY, SEP.join((kind, reason)), 1)
-
 
 # reading (the endpoint) -------------------------------------------------------------------------------------
 

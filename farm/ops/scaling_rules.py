@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from farm.runs.lanes import affordable_pods
 from tasks.backlog import Backlog
 
 
@@ -112,10 +113,3 @@ def gpu_worker_cap(
         f"{affordable} pod(s) fit ${max_usd_per_hr:g}/h at ${pod_usd_per_hr:g}/h and {max_pods} pod(s) max, "
         f"{jobs_per_pod} job(s) each"
     )
-
-
-def affordable_pods(max_pods: int, max_usd_per_hr: float, pod_usd_per_hr: float) -> int:
-    """Pods the pool may run at once: its pod cap, or fewer when the $/hour cap allows fewer."""
-    if pod_usd_per_hr <= 0:
-        return max_pods
-    return min(max_pods, math.floor(max_usd_per_hr / pod_usd_per_hr))

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
-from farm.cli.episode_views import usd
 from farm.config.redis_text import as_text, as_texts
+from farm.planning.figures import usd
 from farm.planning.plan import Step
 from farm.runs.scheduler import Scheduler
 from farm.runs.state import RunStore

@@ -6,14 +6,21 @@ the cloud queue, the jobs the affordable pods can run for the gpu queue; post wo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from farm.config.settings import Settings
-from farm.ops.scaling_rules import affordable_pods
 from farm.planning.estimate import makespan_at_limits
 from farm.planning.plan import Plan, Step
 from farm.planning.routing import QUEUES, step_queue
 from farm.runs.scheduler import Announcement, RankingPolicy
+
+
+def affordable_pods(max_pods: int, max_usd_per_hr: float, pod_usd_per_hr: float) -> int:
+    """Pods the pool may run at once: its pod cap, or fewer when the $/hour cap allows fewer."""
+    if pod_usd_per_hr <= 0:
+        return max_pods
+    return min(max_pods, math.floor(max_usd_per_hr / pod_usd_per_hr))
 
 
 def provider_cap(queue: str, settings: Settings) -> int | None:

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from farm.config.settings import Settings
-from farm.ops import metrics
 from farm.ops.metrics import metric_value, metrics_credentials, serve_metrics
+from farm.runs import counters
 from tests.conftest import ROOT
 from tests.integration.conftest import read_until
 from workers.gpu.pod_ledger import PodLedger
@@ -43,15 +43,15 @@ def scrape(endpoint: str) -> Iterator[httpx.Client]:
 
 
 def test_counted_events_and_pods_are_exported(client: redis.Redis, scrape: httpx.Client) -> None:
-    for key in (metrics.STEPS_KEY, metrics.RETRIES_KEY, metrics.FAILURES_KEY, metrics.PAID_KEY):
+    for key in (counters.STEPS_KEY, counters.RETRIES_KEY, counters.FAILURES_KEY, counters.PAID_KEY):
         client.delete(key)
     for seconds in (0.5, 3.0, 3.0, 4000.0):
-        metrics.record_step(client, "video", "wan22", seconds)
-    metrics.record_retry(client, "video", "TransientError")
-    metrics.record_retry(client, "video", "wait:PoolFull")
-    metrics.record_failure(client, "t2i", "refused")
-    metrics.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
-    metrics.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
+        counters.record_step(client, "video", "wan22", seconds)
+    counters.record_retry(client, "video", "TransientError")
+    counters.record_retry(client, "video", "wait:PoolFull")
+    counters.record_failure(client, "t2i", "refused")
+    counters.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
+    counters.record_paid(client, "fal-ai/wan/v2.2", Decimal("0.15"))
     registry = PodLedger(client)
     registry.register("mt-pod-1", "farm-gpu-a", gpu="A100", cost_per_hr=1.19, state="running")
     registry.register("mt-pod-2", "farm-gpu-b", gpu="A100", cost_per_hr=1.19, state="stopped")
