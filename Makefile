@@ -38,10 +38,11 @@ tools: ## Install Debian's chromium, chromedriver and docker-compose; unpack its
 test: setup ## Run the test suite
 	$(BIN)/pytest
 
-lint: setup ## ruff + mypy
+lint: setup ## ruff, mypy and the import rules (.importlinter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: setup ## Render the example episode end to end on the embedded engine
 	$(BIN)/farm estimate $(EXAMPLE)

@@ -283,7 +283,14 @@ FalScaleOpt = Annotated[
 
 def _use_fal_emulator(latency_scale: float) -> Any:
     """Start the loopback fal emulator and point this process and its children at it."""
-    from emulators.fal_server import FalEmulator
+    try:
+        from emulators.fal_server import FalEmulator
+    except ImportError as exc:
+        console.print(
+            f"[red]the fal emulator cannot start ({exc}): install the farm with its emulators, "
+            "`pip install 'episode-farm[emulators]'` (`make setup` does)[/]"
+        )
+        raise typer.Exit(INPUT_ERROR) from None
 
     key = secrets.token_urlsafe(18)
     emulator = FalEmulator(latency_scale=latency_scale, key=key).start()
