@@ -4,7 +4,7 @@ The farm acks late, so a running step's message stays in kombu's `unacked` hash 
 the worker dies (SIGKILL, a lost node, an OOM kill of the main process), kombu hands the message out again
 only once the visibility timeout has passed: 40 minutes at the default scale, with a paid step in the
 middle of it. A worker records its Celery node name and the message's retry number (`node`, `attempt`)
-when it claims a step, and announces itself every few seconds (`farm:sched:pool:<queue>`). A delivered
+when it claims a step, and announces itself every few seconds (`farm.runs.keys.pool`). A delivered
 message whose step is still running under a node that no longer announces itself is an orphan; the
 reconciler (`tasks.reconcile`) puts it back on its queue when a pass a grace period later finds it so too,
 through kombu's own restore, which is transactional, so a late ack or kombu's visibility restore cannot
@@ -20,7 +20,9 @@ import json
 from dataclasses import dataclass
 
 from farm.config.redis_text import as_text
+from farm.runs import keys
 from farm.runs.dispatch import step_of_task
+from farm.runs.keys import StepStatus
 from farm.runs.state import RunStore
 
 
@@ -52,13 +54,13 @@ def orphaned(runs: RunStore, delivered: list[Delivered], live: set[str]) -> list
         return []
     pipe = runs.r.pipeline(transaction=False)
     for message in delivered:
-        pipe.hget(runs.key(message.run_id, "state"), message.step_id)
-        pipe.hmget(runs.key(message.run_id, "info"), f"{message.step_id}:node", f"{message.step_id}:attempt")
+        pipe.hget(keys.states(message.run_id), message.step_id)
+        pipe.hmget(keys.info(message.run_id), f"{message.step_id}:node", f"{message.step_id}:attempt")
     answers = pipe.execute()
     found = []
     for i, message in enumerate(delivered):
         state, (node, attempt) = answers[2 * i], answers[2 * i + 1]
-        if as_text(state or b"") != "running" or node is None or attempt is None:
+        if as_text(state or b"") != StepStatus.RUNNING or node is None or attempt is None:
             continue
         if json.loads(node) not in live and json.loads(attempt) == message.retries:
             found.append(message)

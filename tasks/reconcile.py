@@ -27,16 +27,15 @@ import redis
 
 from farm.config.redis_text import as_text
 from farm.planning.routing import QUEUES, step_queue
+from farm.runs import keys
 from farm.runs.dispatch import Sender, resend_outbox, task_id
+from farm.runs.keys import StepStatus
 from farm.runs.scheduler import SEPARATOR, Scheduler, member
 from farm.runs.state import RunStore
 from tasks.backlog import UNACKED_KEY, priority_lists
 from tasks.orphans import Delivered, delivered_messages, orphaned
 
-LOCK_KEY = "farm:reconcile:lock"
-MISSING_KEY = "farm:reconcile:missing"
-"""Hash: step member -> when a pass first found its message missing."""
-LIVE_STATES = ("queued", "running")
+LIVE_STATES = (StepStatus.QUEUED, StepStatus.RUNNING)
 OUTBOX, ORPHAN = "outbox", "orphan"
 """Prefixes of the first-seen entries that are not a missing message: a step left in an outbox, a gone
 worker's delivered message (by its tag)."""
@@ -97,7 +96,7 @@ def reconcile(
     `restore` (put a delivered message back on its queue, by tag), a gone worker's running steps too."""
     moment = time.time() if now is None else now
     present, delivered = broker_view(runs.r)
-    seen = {as_text(k): float(v) for k, v in runs.r.hgetall(MISSING_KEY).items()}
+    seen = {as_text(k): float(v) for k, v in runs.r.hgetall(keys.RECONCILE_MISSING).items()}
     pending: dict[str, float] = {}
 
     def overdue(key: str) -> bool:
@@ -127,9 +126,9 @@ def reconcile(
             resent += 1
     restored = 0 if restore is None else _put_back(runs, scheduler, delivered, restore, overdue, moment)
     pipe = runs.r.pipeline(transaction=True)
-    pipe.delete(MISSING_KEY)
+    pipe.delete(keys.RECONCILE_MISSING)
     if pending:
-        pipe.hset(MISSING_KEY, mapping={k: str(v) for k, v in pending.items()})
+        pipe.hset(keys.RECONCILE_MISSING, mapping={k: str(v) for k, v in pending.items()})
     pipe.execute()
     kinds = Counter(k.partition(SEPARATOR)[0] if k.startswith((OUTBOX, ORPHAN)) else "" for k in pending)
     return Reconciled(from_outbox, kinds[""], resent, kinds[ORPHAN], restored)
@@ -155,4 +154,4 @@ def _put_back(
 
 def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:
     """True for one caller per `every_s` across the farm (the others skip this period)."""
-    return bool(client.set(LOCK_KEY, holder, nx=True, px=max(1, int(every_s * 1000))))
+    return bool(client.set(keys.RECONCILE_LOCK, holder, nx=True, px=max(1, int(every_s * 1000))))

@@ -1,7 +1,8 @@
 """`farm autoscale` and `farm up --autoscale`: every few seconds, read each queue's backlog, decide, resize.
 
 Each decision is logged with its inputs when it changes anything or differs from the last one, and kept in
-Redis (`farm:autoscale`, one JSON per queue) for `/metrics` and for ops asking why a pool has the size it has.
+Redis (`farm.runs.keys.AUTOSCALE_DECISIONS`, one JSON per queue) for `/metrics` and for ops asking why a
+pool has the size it has.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import redis
 
 from farm.config.settings import Settings
 from farm.ops.scaling_rules import Decision, Scaler, ScalingPolicy, gpu_worker_cap
+from farm.runs import keys
 from tasks.backlog import read_backlogs
 
 log = logging.getLogger(__name__)
-
-DECISIONS_KEY = "farm:autoscale"
 
 
 class Pool(Protocol):
@@ -120,12 +120,12 @@ class Autoscaler:
             "reason": decision.reason,
             "at": now,
         }
-        self.client.hset(DECISIONS_KEY, decision.queue, json.dumps(doc))
+        self.client.hset(keys.AUTOSCALE_DECISIONS, decision.queue, json.dumps(doc))
 
 
 def last_decisions(client: redis.Redis) -> dict[str, dict[str, object]]:
     """The autoscaler's last decision per queue, as it wrote them."""
     return {
         (k.decode() if isinstance(k, bytes) else str(k)): json.loads(v)
-        for k, v in client.hgetall(DECISIONS_KEY).items()
+        for k, v in client.hgetall(keys.AUTOSCALE_DECISIONS).items()
     }

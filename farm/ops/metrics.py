@@ -32,7 +32,8 @@ from farm.config.credentials import kept_credentials
 from farm.config.redis_text import as_text
 from farm.config.settings import Settings
 from farm.ops.autoscaler import last_decisions
-from farm.runs.counters import DURATION_BUCKETS_S, FAILURES_KEY, PAID_KEY, RETRIES_KEY, SEP, STEPS_KEY
+from farm.runs import keys
+from farm.runs.counters import DURATION_BUCKETS_S, SEP
 from tasks.backlog import read_backlogs
 from workers.gpu.pod_ledger import PodLedger
 
@@ -86,7 +87,7 @@ class FarmCollector(Collector):
             "farm_step_duration_seconds", "Seconds a rendered step took", labels=["kind", "engine"]
         )
         counts: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-        for field, value in _hash(self.client, STEPS_KEY):
+        for field, value in _hash(self.client, keys.METRICS_STEPS):
             kind, engine, bucket = field.split(SEP)
             counts[(kind, engine)][bucket] = float(value)
         for (kind, engine), values in sorted(counts.items()):
@@ -99,8 +100,8 @@ class FarmCollector(Collector):
 
     def _counted(self) -> Iterator[CounterMetricFamily]:
         for key, name, text in (
-            (RETRIES_KEY, "farm_step_retries", "Step retries by kind and reason"),
-            (FAILURES_KEY, "farm_step_failures", "Failed steps by kind and reason"),
+            (keys.METRICS_RETRIES, "farm_step_retries", "Step retries by kind and reason"),
+            (keys.METRICS_FAILURES, "farm_step_failures", "Failed steps by kind and reason"),
         ):
             family = CounterMetricFamily(name, text, labels=["kind", "reason"])
             for field, value in _hash(self.client, key):
@@ -108,7 +109,7 @@ class FarmCollector(Collector):
             yield family
         calls = CounterMetricFamily("farm_paid_calls", "Paid provider calls by endpoint", labels=["endpoint"])
         cost = CounterMetricFamily("farm_paid_usd", "Dollars paid by endpoint", labels=["endpoint"])
-        for field, value in _hash(self.client, PAID_KEY):
+        for field, value in _hash(self.client, keys.METRICS_PAID):
             endpoint, what = field.rsplit(SEP, 1)
             (calls if what == "calls" else cost).add_metric([endpoint], float(value))
         yield calls

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from graphlib import TopologicalSorter
 
 from farm.planning.plan import Step
+from farm.runs.keys import StepStatus
 
 
 def blocked_by(steps: Mapping[str, Step], states: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
@@ -21,7 +22,7 @@ def blocked_by(steps: Mapping[str, Step], states: Mapping[str, str]) -> dict[str
     for step_id in order.static_order():
         found: set[str] = set()
         for dep in steps[step_id].inputs:
-            if states.get(dep) == "failed":
+            if states.get(dep) == StepStatus.FAILED:
                 found.add(dep)
             found |= culprits.get(dep, set())
         if found:
@@ -29,5 +30,5 @@ def blocked_by(steps: Mapping[str, Step], states: Mapping[str, str]) -> dict[str
     return {
         step_id: tuple(sorted(found, key=position.__getitem__))
         for step_id, found in culprits.items()
-        if states.get(step_id) == "waiting"
+        if states.get(step_id) == StepStatus.WAITING
     }

@@ -2,7 +2,7 @@
 
 The scheduler admits a paid step only if the run's spent money, the estimates of its paid steps in flight and
 the step's own estimate stay within the run's budget (`farm submit --budget`, `FARM_DEFAULT_BUDGET_USD`).
-A step that does not fit waits in its queue's budget-held set (`farm:sched:held:<queue>`) with its rank,
+A step that does not fit waits in its queue's budget-held set (`farm.runs.keys.held`) with its rank,
 and the run is paused; raising the budget (`farm budget RUN USD`) puts it back and admits it. A step that
 costs nothing is never held: it cannot spend money.
 
@@ -18,6 +18,8 @@ from decimal import ROUND_CEILING, Decimal
 from farm.config.redis_text import as_text, as_texts
 from farm.planning.figures import usd
 from farm.planning.plan import Step
+from farm.runs import keys
+from farm.runs.keys import StepStatus
 from farm.runs.scheduler import Scheduler
 from farm.runs.state import RunStore
 
@@ -28,6 +30,8 @@ NEED_FIELD = "budget_need_uusd"
 """What the last step held for want of budget needed the run to be allowed (spent + in flight + its own)."""
 HELD_AT_FIELD = "budget_held_at"
 GPU_RATE_FIELD = "gpu_usd_per_job_hr"
+IN_FLIGHT = (StepStatus.QUEUED, StepStatus.RUNNING)
+"""States whose reservation still counts against the budget (the admission script agrees)."""
 
 
 def to_micros(usd: Decimal | float | str) -> int:
@@ -123,12 +127,12 @@ def read_ledger(runs: RunStore, run_id: str, states: Mapping[str, str] | None = 
     """The run's budget, spent money, estimates in flight and held steps, as admission counts them.
     `states`: the run's step states when the caller has just read them."""
     pipe = runs.r.pipeline(transaction=False)
-    pipe.hmget(runs.key(run_id), [BUDGET_FIELD, SPENT_FIELD, NEED_FIELD])
-    pipe.hgetall(runs.key(run_id, "reserved"))
+    pipe.hmget(keys.run(run_id), [BUDGET_FIELD, SPENT_FIELD, NEED_FIELD])
+    pipe.hgetall(keys.reserved(run_id))
     (limit, spent, need), reserved = pipe.execute()
     live = runs.states(run_id) if states is None else states
     in_flight = sum(
-        (from_micros(v) for k, v in as_texts(reserved).items() if live.get(k) in ("queued", "running")),
+        (from_micros(v) for k, v in as_texts(reserved).items() if live.get(k) in IN_FLIGHT),
         Decimal(0),
     )
     held = sum(len(steps) for steps in Scheduler(runs.r).held_of(run_id).values())

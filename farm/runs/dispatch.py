@@ -15,8 +15,9 @@ from typing import Protocol
 
 from farm.planning.plan import Plan, Step
 from farm.planning.routing import step_queue
-from farm.runs import budget
+from farm.runs import budget, keys
 from farm.runs.budget import Pricing
+from farm.runs.keys import StepStatus
 from farm.runs.scheduler import DEFAULT_PRIORITY, Admitted, Ready, Scheduler, check_priority
 from farm.runs.state import ReleaseReads, RunStore, new_run_id
 
@@ -170,7 +171,7 @@ def reprioritise(runs: RunStore, run_id: str, priority: int, scheduler: Schedule
     """Set a run's priority; its steps already waiting are ranked again. Returns how many were."""
     check_priority(priority)
     sched = scheduler or Scheduler(runs.r)
-    runs.r.hset(runs.key(run_id), "priority", str(priority))
+    runs.r.hset(keys.run(run_id), "priority", str(priority))
     waiting = sched.waiting_of(run_id)
     ids = [s for steps in waiting.values() for s in steps]
     remaining, info = runs.remaining(run_id, ids), runs.info(run_id)
@@ -185,9 +186,9 @@ def set_budget(
     """Give the run a new budget (None: no limit). Steps that waited for budget go back to their ready
     sets, keeping their rank, and are admitted if they fit now; the rest wait again."""
     if usd is None:
-        runs.r.hdel(runs.key(run_id), budget.BUDGET_FIELD)
+        runs.r.hdel(keys.run(run_id), budget.BUDGET_FIELD)
     else:
-        runs.r.hset(runs.key(run_id), budget.BUDGET_FIELD, str(budget.to_micros(usd)))
+        runs.r.hset(keys.run(run_id), budget.BUDGET_FIELD, str(budget.to_micros(usd)))
     return readmit_held(runs, sender, run_id, scheduler or Scheduler(runs.r))
 
 
@@ -231,7 +232,7 @@ def resend_outbox(
     count = 0
     unoffered = []
     for step_id in step_ids:
-        if states.get(step_id) != "queued":
+        if states.get(step_id) != StepStatus.QUEUED:
             runs.sent(run_id, step_id)
             continue
         step = runs.step(run_id, step_id)

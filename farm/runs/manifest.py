@@ -13,7 +13,9 @@ from typing import Any
 from farm.planning.plan import Step
 from farm.planning.plan_json import money, step_document
 from farm.planning.routing import backend_for
+from farm.runs import keys
 from farm.runs.blocked import blocked_by
+from farm.runs.keys import StepStatus
 from farm.runs.state import RunStore
 from farm.storage.artifacts import manifest_key, output_keys
 from farm.storage.stores import ArtifactStore
@@ -93,7 +95,7 @@ def write_manifest(runs: RunStore, store: ArtifactStore, run_id: str) -> Path:
         Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half manifest beside the deliverables
         raise
     store.put_file(manifest_key(meta["namespace"], run_id), target)
-    runs.r.hset(runs.key(run_id), "manifest", str(target))
+    runs.r.hset(keys.run(run_id), "manifest", str(target))
     return target
 
 
@@ -101,7 +103,7 @@ def _step_row(step: Step, data: _RunData, store: ArtifactStore) -> dict[str, Any
     info = data.info.get(step.id, {})
     counters = data.counters.get(step.id, {})
     started, finished = info.get("started_at"), info.get("finished_at")
-    keys = output_keys(data.meta["namespace"], step)
+    stored = output_keys(data.meta["namespace"], step)
     return {
         **step_document(step),
         "current": True,
@@ -110,9 +112,9 @@ def _step_row(step: Step, data: _RunData, store: ArtifactStore) -> dict[str, Any
         "prompt": step.params.get("prompt"),
         "outputs": [
             {"asset_name": name, "path": path, "store": store.locate(key)}
-            for name, path, key in zip(step.outputs, _paths(info, step), keys, strict=True)
+            for name, path, key in zip(step.outputs, _paths(info, step), stored, strict=True)
         ],
-        "state": "blocked" if step.id in data.blocked else data.states.get(step.id, ""),
+        "state": StepStatus.BLOCKED if step.id in data.blocked else data.states.get(step.id, ""),
         "blocked_by": list(data.blocked.get(step.id, ())),
         "cached": bool(info.get("cached", False)),
         "deliveries": data.deliveries.get(step.id, 0),

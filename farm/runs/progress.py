@@ -12,13 +12,14 @@ from farm.planning.naming import FIRST_TAKE
 from farm.planning.plan import Step
 from farm.runs.blocked import blocked_by
 from farm.runs.budget import RunLedger, read_ledger
+from farm.runs.keys import RunStatus, StepStatus
 from farm.runs.review import review_states
 from farm.runs.state import RunStore
 
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 MANIFEST_GRACE_S = 30.0
 """How long a settled run may wait for its manifest before watchers stop waiting for it."""
-DONE = ("done", "cached")
+DONE = (StepStatus.DONE, StepStatus.CACHED)
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,15 @@ class RunProgress:
     @property
     def waiting_for_budget(self) -> bool:
         """Nothing runs and every step still to start waits for the budget to be raised."""
-        if self.ledger is None or not self.ledger.paused or self.status != "running":
+        if self.ledger is None or not self.ledger.paused or self.status != RunStatus.RUNNING:
             return False
-        return self.counts.get("running", 0) == 0 and self.counts.get("queued", 0) <= self.ledger.held
+        running, queued = self.counts.get(StepStatus.RUNNING, 0), self.counts.get(StepStatus.QUEUED, 0)
+        return running == 0 and queued <= self.ledger.held
 
     @property
     def awaiting_review(self) -> bool:
         """Nothing runs and held video steps wait for a reviewer: watching has nothing more to show."""
-        return self.status == "review"
+        return self.status == RunStatus.REVIEW
 
     @property
     def finished(self) -> bool:
@@ -100,7 +102,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
     reviews = review_states(runs, run_id, meta, steps, states)
     takes = runs.takes(run_id)
     blocked = blocked_by(steps, states)
-    shown = {step_id: "blocked" if step_id in blocked else state for step_id, state in states.items()}
+    shown = {step_id: StepStatus.BLOCKED if step_id in blocked else s for step_id, s in states.items()}
     replaced = sum((_actual(info.get(s.id, {})) for s in runs.history(run_id)), Decimal(0))
     shots = sorted({s.shot for s in steps.values()}, key=lambda n: (n is None, n or 0))
     created = float(meta.get("created_at", time.time()))
@@ -129,7 +131,7 @@ def snapshot(runs: RunStore, run_id: str) -> RunProgress:
         failures=[
             Failure(s.shot, f"{s.kind.value} {s.role}", str(info.get(s.id, {}).get("error", "")))
             for s in steps.values()
-            if states.get(s.id) == "failed"
+            if states.get(s.id) == StepStatus.FAILED
         ],
     )
 
@@ -146,7 +148,7 @@ def _shot(
     done = sum(1 for s in mine if s in DONE)
     starts = [float(str(info[s.id]["started_at"])) for s in steps if "started_at" in info.get(s.id, {})]
     ends = [float(str(info[s.id]["finished_at"])) for s in steps if "finished_at" in info.get(s.id, {})]
-    running = any(s in ("running", "queued") for s in mine)
+    running = any(s in (StepStatus.RUNNING, StepStatus.QUEUED) for s in mine)
     elapsed = None
     if starts:
         elapsed = (time.time() if running or not ends else max(ends)) - min(starts)
@@ -162,7 +164,9 @@ def _shot(
             (_actual(info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st in DONE), Decimal(0)
         ),
         activity=", ".join(
-            _activity(s, info.get(s.id, {})) for s, st in zip(steps, mine, strict=True) if st == "running"
+            _activity(s, info.get(s.id, {}))
+            for s, st in zip(steps, mine, strict=True)
+            if st == StepStatus.RUNNING
         ).strip(", "),
         review=reviews.get(number, "") if number is not None else "",
     )
@@ -176,19 +180,19 @@ def _activity(step: Step, info: dict[str, object]) -> str:
 
 
 def _shot_state(states: list[str], done: int) -> str:
-    if "failed" in states:
-        return "failed"
+    if StepStatus.FAILED in states:
+        return StepStatus.FAILED
     if done == len(states):
-        return "done"
-    if "running" in states or "queued" in states:
-        return "running"
-    if "held" in states:
-        return "held"
-    if "blocked" in states:
-        return "blocked"
-    if "cancelled" in states:
-        return "cancelled"
-    return "waiting"
+        return StepStatus.DONE
+    if StepStatus.RUNNING in states or StepStatus.QUEUED in states:
+        return StepStatus.RUNNING
+    if StepStatus.HELD in states:
+        return StepStatus.HELD
+    if StepStatus.BLOCKED in states:
+        return StepStatus.BLOCKED
+    if StepStatus.CANCELLED in states:
+        return StepStatus.CANCELLED
+    return StepStatus.WAITING
 
 
 def _actual(info: dict[str, object]) -> Decimal:

@@ -21,6 +21,7 @@ from farm.planning.estimate import remaining_path_s
 from farm.planning.naming import FIRST_TAKE
 from farm.planning.plan import Plan, Step, build_plan, derive_seed
 from farm.runs.dispatch import Sender, release
+from farm.runs.keys import RunStatus, StepStatus
 from farm.runs.review import GATED_KINDS, UnknownShots
 from farm.runs.state import Extension, RunStore
 
@@ -30,7 +31,7 @@ PROMPT_FIELDS = {
     "hero": "hero_frame",
     "motion": "motion_prompt",
 }
-RESTARTED = ("failed", "cancelled", "superseded")
+RESTARTED = (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SUPERSEDED)
 """States in which a step of the new plan runs again although the run has it."""
 
 
@@ -95,7 +96,7 @@ def plan_retake(runs: RunStore, run_id: str, wanted: Mapping[int, Changes]) -> R
     """Work out a retake of one or more shots (in one new cut) without changing anything. Raises
     UnknownShots, RetakeError or the storyboard's InputError (the edited shots checked like a file)."""
     meta, source = runs.meta(run_id), runs.source(run_id)
-    if meta.get("status") in ("cancelling", "cancelled"):
+    if meta.get("status") in (RunStatus.CANCELLING, RunStatus.CANCELLED):
         raise RetakeError(f"run {run_id} was cancelled: submit the storyboard again instead")
     if "storyboard" not in source:
         raise RetakeError(f"run {run_id} keeps no storyboard to plan again (a previz run, or an older one)")

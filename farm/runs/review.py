@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from farm.planning.plan import Plan, Step, StepKind
 from farm.runs.dispatch import Sender, release
-from farm.runs.state import RunStore
+from farm.runs.state import SETTLED, RunStore
 
 GATED_KINDS = (StepKind.VIDEO, StepKind.KEN_BURNS, StepKind.HOLD)
 """What a review run holds: every step that turns a shot's frames into its clip."""
@@ -53,7 +53,7 @@ def review_states(
         before = [s for s in steps.values() if s.shot == shot and _before_gate(s)]
         if shot in decisions:
             result[shot] = decisions[shot]
-        elif all(states.get(s.id) in ("done", "cached") for s in before):
+        elif all(states.get(s.id) in SETTLED for s in before):
             result[shot] = "generated"
         else:
             result[shot] = "pending"

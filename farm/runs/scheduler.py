@@ -1,18 +1,18 @@
 """Admission of ready steps to their queues: longest remaining path first, then run priority, within capacity.
 
 A step whose inputs are all done is *ready*. It is not handed to Celery at once: it waits in its queue's
-ready set (`farm:sched:ready:<queue>`, a sorted set scored by rank) and is *admitted*, best rank first,
-while the queue's lane has room, that is while fewer of its steps are admitted than the lane's limit:
-the provider's cap (fal's in-flight limit, the pods the caps allow) or the live workers' slots, whichever
-is smaller. An admitted step holds a slot (`farm:sched:slots:<queue>`) until it ends, so the Celery queue
-stays short and the order chosen here is the order steps start in.
+ready set (`keys.ready`, a sorted set scored by rank) and is *admitted*, best rank first, while the queue's
+lane has room, that is while fewer of its steps are admitted than the lane's limit: the provider's cap
+(fal's in-flight limit, the pods the caps allow) or the live workers' slots, whichever is smaller. An
+admitted step holds a slot (`keys.slots`) until it ends, so the Celery queue stays short and the order
+chosen here is the order steps start in.
 
 Why not Celery priorities: the Redis transport has a handful of levels and a message, once queued, keeps
 its place; a critical-path order needs a real number per step and room to put a late step ahead.
 
-Workers announce themselves (`farm:sched:pool:<queue>`): their slots, the provider cap they enforce and the
-ordering policy, refreshed every few seconds, so every dispatcher (CLI, workers) orders alike. A worker that
-stops refreshing drops out. With no live worker a lane admits everything: the messages wait in Celery's
+Workers announce themselves (`keys.pool`): their slots, the provider cap they enforce and the ordering
+policy, refreshed every few seconds, so every dispatcher (CLI, workers) orders alike. A worker that stops
+refreshing drops out. With no live worker a lane admits everything: the messages wait in Celery's
 queue, where the autoscaler and KEDA see them and start workers.
 
 A slot whose step is no longer queued or running (done, failed, cancelled, superseded, or its worker died
@@ -33,6 +33,7 @@ import redis
 
 from farm.config.redis_text import as_text
 from farm.planning.routing import QUEUES
+from farm.runs import keys
 from farm.runs import scripts as pipelines
 
 log = logging.getLogger(__name__)
@@ -50,99 +51,6 @@ def check_priority(priority: int) -> None:
 ANNOUNCE_EVERY_S = 5.0
 ANNOUNCE_TTL_S = 15.0
 SEPARATOR = "\t"
-
-_ADMIT = """
-local ready, slots, held = KEYS[1], KEYS[2], KEYS[3]
-local limit, now, ended = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local function split(member)
-  local cut = string.find(member, '\\t', 1, true)
-  return string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
-end
-local function state_of(member)
-  local run, step = split(member)
-  return redis.call('HGET', 'farm:run:' .. run .. ':state', step), run, step
-end
--- The run's budget: spent + the estimates of its paid steps in flight + this one's must fit. A reservation
--- whose step is no longer queued or running has ended (its cost is in spent, or it never ran): dropped.
-local function affordable(run, step, member, score)
-  local meta = 'farm:run:' .. run
-  local cost = tonumber(redis.call('HGET', meta .. ':estimate', step) or '0')
-  if cost <= 0 then return true end
-  local reserved = meta .. ':reserved'
-  local budget = redis.call('HGET', meta, 'budget_uusd')
-  if budget then
-    local in_flight = 0
-    local flat = redis.call('HGETALL', reserved)
-    for i = 1, #flat, 2 do
-      if flat[i] ~= step then
-        local s = redis.call('HGET', meta .. ':state', flat[i])
-        if s == 'queued' or s == 'running' then
-          in_flight = in_flight + tonumber(flat[i + 1])
-        else
-          redis.call('HDEL', reserved, flat[i])
-        end
-      end
-    end
-    local need = tonumber(redis.call('HGET', meta, 'spent_uusd') or '0') + in_flight + cost
-    if need > tonumber(budget) then
-      redis.call('ZADD', held, score, member)
-      redis.call('HSET', meta, 'budget_need_uusd', string.format('%d', need), 'budget_held_at', now)
-      return false
-    end
-  end
-  redis.call('HSET', reserved, step, string.format('%d', cost))
-  return true
-end
-if ended ~= '' then redis.call('ZREM', slots, ended) end
-local used = redis.call('ZCARD', slots)
-if limit >= 0 and used >= limit then
-  -- Full: take back slots of steps that ended without saying so (their worker died).
-  for _, m in ipairs(redis.call('ZRANGE', slots, 0, -1)) do
-    local s = state_of(m)
-    if s ~= 'queued' and s ~= 'running' then redis.call('ZREM', slots, m) end
-  end
-  used = redis.call('ZCARD', slots)
-end
-local admitted, over = {}, {}
-while limit < 0 or used < limit do
-  local top = redis.call('ZPOPMAX', ready)
-  if #top == 0 then break end
-  local s, run, step = state_of(top[1])
-  if s == 'queued' then
-    if affordable(run, step, top[1], top[2]) then
-      redis.call('ZADD', slots, now, top[1])
-      redis.call('SADD', 'farm:run:' .. run .. ':outbox', step)
-      used = used + 1
-      table.insert(admitted, top[1])
-    else
-      table.insert(over, top[1])
-    end
-  end
-end
-return {admitted, over}
-"""
-
-# KEYS: pairs of (held set, ready set) per queue; ARGV: the run's member prefix, its metadata key.
-_UNHOLD = """
-local prefix, meta = ARGV[1], ARGV[2]
-local moved = {}
-for i = 1, #KEYS, 2 do
-  local held, ready = KEYS[i], KEYS[i + 1]
-  local flat = redis.call('ZRANGE', held, 0, -1, 'WITHSCORES')
-  local any = false
-  for j = 1, #flat, 2 do
-    if string.sub(flat[j], 1, #prefix) == prefix then
-      redis.call('ZADD', ready, 'NX', flat[j + 1], flat[j])
-      redis.call('ZREM', held, flat[j])
-      any = true
-    end
-  end
-  if any then table.insert(moved, (i + 1) / 2) end
-end
--- Not paused any more: the admission that follows marks the run again if it holds a step again.
-redis.call('HDEL', meta, 'budget_held_at', 'budget_need_uusd')
-return moved
-"""
 
 
 @dataclass(frozen=True)
@@ -238,43 +146,26 @@ class Scheduler:
         second (they change every few seconds), which saves a round trip on most dependency hops."""
         self.r = client
         self.queues = tuple(queues)
-        self._admit = client.register_script(_ADMIT)
-        self._unhold = client.register_script(_UNHOLD)
+        self._admit = pipelines.load(client, "admit")
+        self._unhold = pipelines.load(client, "unhold")
         self._lanes_ttl_s = lanes_ttl_s
         self._lanes_cache: dict[str, tuple[float, Lane]] = {}
-
-    @staticmethod
-    def ready_key(queue: str) -> str:
-        return f"farm:sched:ready:{queue}"
-
-    @staticmethod
-    def slots_key(queue: str) -> str:
-        return f"farm:sched:slots:{queue}"
-
-    @staticmethod
-    def pool_key(queue: str) -> str:
-        return f"farm:sched:pool:{queue}"
-
-    @staticmethod
-    def held_key(queue: str) -> str:
-        """Steps that reached admission but did not fit their run's budget, with their rank."""
-        return f"farm:sched:held:{queue}"
 
     # workers ------------------------------------------------------------------------------------
     def announce(self, queue: str, worker: str, note: Announcement, now: float | None = None) -> None:
         moment = time.time() if now is None else now
         doc = {**asdict(note), "expires": moment + ANNOUNCE_TTL_S}
-        self.r.hset(self.pool_key(queue), worker, json.dumps(doc))
+        self.r.hset(keys.pool(queue), worker, json.dumps(doc))
 
     def withdraw(self, queue: str, worker: str) -> None:
-        self.r.hdel(self.pool_key(queue), worker)
+        self.r.hdel(keys.pool(queue), worker)
 
     def live_workers(self, now: float | None = None) -> set[str]:
         """Names of the workers whose announcement has not expired, on any of this scheduler's queues."""
         moment = time.time() if now is None else now
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.hgetall(self.pool_key(queue))
+            pipe.hgetall(keys.pool(queue))
         return {
             as_text(worker)
             for announced in pipe.execute()
@@ -293,7 +184,7 @@ class Scheduler:
             return fresh
         pipe = self.r.pipeline(transaction=False)
         for queue in names:
-            pipe.hgetall(self.pool_key(queue))
+            pipe.hgetall(keys.pool(queue))
         lanes = dict(fresh)
         for queue, raw in zip(names, pipe.execute(), strict=True):
             live: list[dict[str, Any]] = []
@@ -302,7 +193,7 @@ class Scheduler:
                 if doc["expires"] > moment:
                     live.append(doc)
                 else:
-                    self.r.hdel(self.pool_key(queue), worker)
+                    self.r.hdel(keys.pool(queue), worker)
             lanes[queue] = _lane(queue, live)
             if self._lanes_ttl_s > 0:
                 self._lanes_cache[queue] = (clock + self._lanes_ttl_s, lanes[queue])
@@ -347,8 +238,8 @@ class Scheduler:
             self._queue_offers(pipe, entries, lanes, moment)
             for queue in order:
                 limit = lanes[queue].limit
-                keys = [self.ready_key(queue), self.slots_key(queue), self.held_key(queue)]
-                pipelines.call(pipe, self._admit, keys, [-1 if limit is None else limit, moment, ended])
+                touched = [keys.ready(queue), keys.slots(queue), keys.held(queue)]
+                pipelines.call(pipe, self._admit, touched, [-1 if limit is None else limit, moment, ended])
 
         replies = pipelines.run(self.r, build, [self._admit])
         replies = replies[len(replies) - len(order) :]  # the admissions come last
@@ -372,15 +263,15 @@ class Scheduler:
             score = lanes[e.queue].policy.score(e.remaining_s, e.priority, moment)
             by_queue.setdefault(e.queue, {})[member(e.run_id, e.step_id)] = score
             if e.cost_uusd > 0:  # before the ZADD: admission reads it
-                pipe.hset(f"farm:run:{e.run_id}:estimate", e.step_id, str(e.cost_uusd))
+                pipe.hset(keys.estimate(e.run_id), e.step_id, str(e.cost_uusd))
         for queue, scores in by_queue.items():
-            pipe.zadd(self.ready_key(queue), scores, nx=True)
+            pipe.zadd(keys.ready(queue), scores, nx=True)
 
     def finish(self, run_id: str, step_id: str) -> list[str]:
         """The step ended (or moves elsewhere): give back its slot. Returns the queues that got room."""
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.zrem(self.slots_key(queue), member(run_id, step_id))
+            pipe.zrem(keys.slots(queue), member(run_id, step_id))
         return [q for q, n in zip(self.queues, pipe.execute(), strict=True) if n]
 
     def drop(self, run_id: str, step_ids: Iterable[str]) -> None:
@@ -390,34 +281,34 @@ class Scheduler:
             return
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.zrem(self.ready_key(queue), *members)
-            pipe.zrem(self.slots_key(queue), *members)
-            pipe.zrem(self.held_key(queue), *members)
+            pipe.zrem(keys.ready(queue), *members)
+            pipe.zrem(keys.slots(queue), *members)
+            pipe.zrem(keys.held(queue), *members)
         pipe.execute()
 
     def waiting_of(self, run_id: str) -> dict[str, list[str]]:
         """Per queue, the run's steps waiting in its ready set."""
-        return self._members_of(run_id, self.ready_key)
+        return self._members_of(run_id, keys.ready)
 
     def ready_members(self) -> set[str]:
         """Every step waiting in any ready set or for budget, as `member(run id, step id)`, in one round
         trip."""
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.zrange(self.ready_key(queue), 0, -1)
-            pipe.zrange(self.held_key(queue), 0, -1)
+            pipe.zrange(keys.ready(queue), 0, -1)
+            pipe.zrange(keys.held(queue), 0, -1)
         return {as_text(raw) for members in pipe.execute() for raw in members}
 
     def held_of(self, run_id: str) -> dict[str, list[str]]:
         """Per queue, the run's steps waiting for more budget."""
-        return self._members_of(run_id, self.held_key)
+        return self._members_of(run_id, keys.held)
 
     def unhold(self, run_id: str) -> list[str]:
         """Put the run's budget-held steps back in their ready sets with their rank, to be admitted against
         its budget again (atomically: a step in neither set would look lost to the reconciler). Returns the
         queues they went back to; admit on them next (which marks the run paused again if one is held)."""
-        keys = [k for q in self.queues for k in (self.held_key(q), self.ready_key(q))]
-        moved = self._unhold(keys=keys, args=[member(run_id, ""), f"farm:run:{run_id}"])
+        touched = [k for q in self.queues for k in (keys.held(q), keys.ready(q))]
+        moved = self._unhold(keys=touched, args=[member(run_id, ""), keys.run(run_id)])
         return [self.queues[int(i) - 1] for i in moved]
 
     def _members_of(self, run_id: str, key: Callable[[str], str]) -> dict[str, list[str]]:
@@ -436,31 +327,31 @@ class Scheduler:
             score = lanes[e.queue].policy.score(
                 e.remaining_s, e.priority, ready_at.get(e.step_id, time.time())
             )
-            pipe.zadd(self.ready_key(e.queue), {member(run_id, e.step_id): score}, xx=True)
+            pipe.zadd(keys.ready(e.queue), {member(run_id, e.step_id): score}, xx=True)
         pipe.execute()
 
     def holds_slot(self, run_id: str, step_id: str) -> bool:
         pipe = self.r.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.zscore(self.slots_key(queue), member(run_id, step_id))
+            pipe.zscore(keys.slots(queue), member(run_id, step_id))
         return any(score is not None for score in pipe.execute())
 
     # views --------------------------------------------------------------------------------------
     def view(self, queue: str, top: int = 5) -> LaneView:
         lane = self.lanes([queue])[queue]
         pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(self.slots_key(queue))
-        pipe.zcard(self.ready_key(queue))
-        pipe.zrevrange(self.ready_key(queue), 0, top - 1, withscores=True)
+        pipe.zcard(keys.slots(queue))
+        pipe.zcard(keys.ready(queue))
+        pipe.zrevrange(keys.ready(queue), 0, top - 1, withscores=True)
         admitted, count, best = pipe.execute()
         entries = [(*_split(raw), float(score)) for raw, score in best]
         return LaneView(lane, int(admitted), entries, int(count))
 
     def ready_counts(self, queues: Iterable[str]) -> dict[str, int]:
-        return self._counts(queues, self.ready_key)
+        return self._counts(queues, keys.ready)
 
     def admitted_counts(self, queues: Iterable[str]) -> dict[str, int]:
-        return self._counts(queues, self.slots_key)
+        return self._counts(queues, keys.slots)
 
     def _counts(self, queues: Iterable[str], key: Callable[[str], str]) -> dict[str, int]:
         names = list(queues)

@@ -1,4 +1,5 @@
-"""Lua scripts inside pipelines, in one round trip.
+"""The farm's Lua scripts (`farm/runs/lua/*.lua`, each documenting its KEYS, ARGV and reply), and running
+them inside pipelines in one round trip.
 
 redis-py asks the server `SCRIPT EXISTS` before every pipeline that carries a `Script`: one more round trip
 on each dependency hop. Here a script goes by its SHA; when the server has forgotten it (Redis restarted,
@@ -8,7 +9,9 @@ its other commands twice changes nothing (writes of the same values, reads), whi
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 import redis
@@ -17,6 +20,18 @@ from redis.exceptions import NoScriptError
 
 Build = Callable[[Any], None]
 """Queues commands on the pipeline it is given."""
+
+
+def load(client: redis.Redis, *names: str) -> Script:
+    """Register the scripts `lua/<name>.lua` joined in order, as one: a shared function (`finish`) goes
+    first, then the script that calls it."""
+    return client.register_script("".join(_lua(name) for name in names))
+
+
+@cache
+def _lua(name: str) -> str:
+    """A script file's text, read once per process: schedulers are built on many calls (budget reads, CLI)."""
+    return (importlib.resources.files("farm.runs") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 def call(pipe: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import redis
 
+from farm.runs import keys
 from farm.runs.scheduler import Announcement, Ready, Scheduler
-from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.backlog import UNACKED_KEY, priority_lists, read_backlogs
 
@@ -50,7 +50,7 @@ def test_ready_steps_held_for_a_slot_are_load_but_those_held_by_a_provider_cap_a
 ) -> None:
     sched = Scheduler(client)
     states: dict[Any, Any] = {f"s{i}": "queued" for i in range(12)}
-    client.hset(RunStore.key("r", "state"), mapping=states)
+    client.hset(keys.states("r"), mapping=states)
     sched.announce("post", "p", Announcement(slots=2))
     sched.announce("cloud", "c", Announcement(slots=128, cap=4))
     sched.offer([Ready("r", f"s{i}", "post", 1.0) for i in range(6)])
@@ -61,6 +61,6 @@ def test_ready_steps_held_for_a_slot_are_load_but_those_held_by_a_provider_cap_a
     assert readings["post"].ready == 4, "two slots busy, four steps wait for more workers"
     assert readings["cloud"].ready == 0, "the two left wait for fal's cap, not for a worker"
     admitted_cloud = next(a.step_id for a in admitted if a.queue == "cloud")
-    client.hset(RunStore.key("r", "state"), admitted_cloud, "done")
+    client.hset(keys.states("r"), admitted_cloud, "done")
     sched.finish("r", admitted_cloud)
     assert read_backlogs(client, ["cloud"])["cloud"].ready == 1, "one cap slot came free"

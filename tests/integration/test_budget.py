@@ -15,7 +15,7 @@ import redis
 from farm.episode.validate import load_episode
 from farm.planning.plan import Plan, Step, build_plan
 from farm.planning.routing import step_queue
-from farm.runs import budget, dispatch
+from farm.runs import budget, dispatch, keys
 from farm.runs.budget import Pricing, read_ledger, step_estimate_usd
 from farm.runs.scheduler import Scheduler
 from farm.runs.state import RunStore
@@ -144,7 +144,7 @@ def test_raising_the_budget_resumes_a_paused_run_in_rank_order(client: redis.Red
     assert ledger.held == 0 and not ledger.paused and ledger.budget_usd is None
     assert set(r.id for r in roots) <= set(sender.sent), "every keyframe is sent once the limit is gone"
     assert len(sender.sent) == len(set(sender.sent)), "and none twice"
-    assert not client.hget(RunStore.key(run_id), budget.HELD_AT_FIELD), "the run is no longer marked paused"
+    assert not client.hget(keys.run(run_id), budget.HELD_AT_FIELD), "the run is no longer marked paused"
 
 
 def test_a_step_that_costs_nothing_is_never_held(client: redis.Redis, plan: Plan) -> None:

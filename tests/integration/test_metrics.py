@@ -17,7 +17,7 @@ import redis
 
 from farm.config.settings import Settings
 from farm.ops.metrics import metric_value, metrics_credentials, serve_metrics
-from farm.runs import counters
+from farm.runs import counters, keys
 from tests.conftest import ROOT
 from tests.integration.conftest import read_until
 from workers.gpu.pod_ledger import PodLedger
@@ -43,7 +43,7 @@ def scrape(endpoint: str) -> Iterator[httpx.Client]:
 
 
 def test_counted_events_and_pods_are_exported(client: redis.Redis, scrape: httpx.Client) -> None:
-    for key in (counters.STEPS_KEY, counters.RETRIES_KEY, counters.FAILURES_KEY, counters.PAID_KEY):
+    for key in (keys.METRICS_STEPS, keys.METRICS_RETRIES, keys.METRICS_FAILURES, keys.METRICS_PAID):
         client.delete(key)
     for seconds in (0.5, 3.0, 3.0, 4000.0):
         counters.record_step(client, "video", "wan22", seconds)

@@ -14,11 +14,11 @@ from farm.cli.app import app
 from farm.config.redis_text import as_text
 from farm.episode.validate import load_episode
 from farm.planning.plan import build_plan
-from farm.runs import dispatch
+from farm.runs import dispatch, keys
 from farm.runs.scheduler import Announcement, Scheduler
 from farm.runs.state import RunStore
 from tasks.app import make_app
-from tasks.reconcile import MISSING_KEY, ORPHAN, Reconciled, broker_task_ids, reconcile, take_turn
+from tasks.reconcile import ORPHAN, Reconciled, broker_task_ids, reconcile, take_turn
 from tasks.sender import CelerySender
 
 pytestmark = pytest.mark.chaos
@@ -69,7 +69,7 @@ def test_a_lost_message_is_sent_again_by_a_later_pass_only(
     assert broker_task_ids(client) == {dispatch.task_id(run_id, r) for r in roots}
     again = reconcile(runs, celery, sched, grace_s=GRACE_S, now=2000.0)
     assert (again.missing, again.resent) == (0, 0), "sent once: present now, never sent twice"
-    assert not client.exists(MISSING_KEY)
+    assert not client.exists(keys.RECONCILE_MISSING)
 
 
 def test_a_message_that_shows_up_again_is_not_sent(
@@ -106,7 +106,7 @@ def test_released_steps_left_in_an_outbox_are_offered_again_with_their_rank(
     sched.announce("post", "w1", Announcement(slots=1))
     _run_id, roots = submit(client, redis_url, sample_path, tmp_path)
     runs, celery = RunStore(client), sender(redis_url)
-    client.delete(Scheduler.ready_key("post"))  # offered ranks lost; the steps are still in the outbox
+    client.delete(keys.ready("post"))  # offered ranks lost; the steps are still in the outbox
     reconcile(runs, celery, sched, grace_s=GRACE_S, now=1000.0)
     assert sched.ready_counts(["post"])["post"] == 0, "a live dispatcher may be offering them right now"
     result = reconcile(runs, celery, sched, grace_s=GRACE_S, now=1000.0 + GRACE_S)
@@ -148,7 +148,7 @@ def take_like_a_worker(client: redis.Redis, queue: str = "post") -> tuple[str, s
 
 def orphan_entries(client: redis.Redis) -> list[str]:
     """The reconciler's first-seen entries for gone workers' messages (it keeps nothing else about them)."""
-    return [key for key in map(as_text, client.hkeys(MISSING_KEY)) if key.startswith(ORPHAN)]
+    return [key for key in map(as_text, client.hkeys(keys.RECONCILE_MISSING)) if key.startswith(ORPHAN)]
 
 
 def claimed_by(runs: RunStore, task: str, node: str, attempt: int = 0) -> str:

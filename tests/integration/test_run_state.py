@@ -12,7 +12,7 @@ import redis
 
 from farm.episode.validate import load_episode
 from farm.planning.plan import Plan, build_plan
-from farm.runs import manifest
+from farm.runs import keys, manifest
 from farm.runs.dispatch import step_ended
 from farm.runs.review import gated_steps
 from farm.runs.scheduler import Scheduler
@@ -135,7 +135,7 @@ def test_released_steps_whose_message_was_lost_are_sent_again(client: redis.Redi
 
     plan = sample_plan(sample_path)
     runs = RunStore(client)
-    client.hset(RunStore.key("r7"), "backend", "local")
+    client.hset(keys.run("r7"), "backend", "local")
     roots = runs.create("r7", plan, {"backend": "local"})
     assert runs.outbox("r7") == sorted(roots), "roots wait in the outbox until their message is sent"
     for root in roots:

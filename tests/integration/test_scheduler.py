@@ -16,7 +16,7 @@ import redis
 from farm.episode.validate import load_episode
 from farm.planning.estimate import critical_path, makespan_at_limits, remaining_path_s
 from farm.planning.plan import Plan, Step, build_plan
-from farm.runs import dispatch
+from farm.runs import dispatch, keys
 from farm.runs.scheduler import Announcement, RankingPolicy, Ready, Scheduler
 from farm.runs.state import RunStore
 
@@ -137,8 +137,8 @@ def test_aging_bounds_how_long_a_low_priority_step_waits(client: redis.Redis) ->
     admitted_low_at = None
     for minute in range(0, int(gap_s / 60) + 3):
         now = T0 + 60 * minute
-        client.hset(RunStore.key("low", "state"), "a", "queued")
-        client.hset(RunStore.key("high", "state"), f"s{minute}", "queued")
+        client.hset(keys.states("low"), "a", "queued")
+        client.hset(keys.states("high"), f"s{minute}", "queued")
         sched.offer([Ready("high", f"s{minute}", "post", 100.0, 9)], now=now)
         sched.announce("post", "w", Announcement(slots=1, policy=policy), now=now)
         (got,) = sched.admit(["post"], now=now)
@@ -160,7 +160,7 @@ def test_lane_limit_is_the_smaller_of_live_slots_and_the_provider_cap(client: re
     lanes = sched.lanes(["cloud", "post"], now=T0 + 1)
     assert (lanes["cloud"].slots, lanes["cloud"].limit) == (128, 10)
     assert (lanes["post"].slots, lanes["post"].limit) == (2, 2)
-    assert client.hkeys(Scheduler.pool_key("post")) == [b"p1"], "the stale announcement is dropped"
+    assert client.hkeys(keys.pool("post")) == [b"p1"], "the stale announcement is dropped"
 
 
 def test_a_worker_reuses_a_lane_it_read_until_its_ttl_runs_out(client: redis.Redis) -> None:
@@ -177,7 +177,7 @@ def test_a_worker_reuses_a_lane_it_read_until_its_ttl_runs_out(client: redis.Red
 
 def test_a_slot_whose_step_ended_without_telling_is_taken_back(client: redis.Redis) -> None:
     sched = Scheduler(client)
-    state = RunStore.key("r", "state")
+    state = keys.states("r")
     client.hset(state, mapping={"a": "queued", "b": "queued"})
     sched.announce("post", "w", Announcement(slots=1), now=T0)
     sched.offer([Ready("r", "a", "post", 10.0), Ready("r", "b", "post", 5.0)], now=T0)
@@ -189,11 +189,11 @@ def test_a_slot_whose_step_ended_without_telling_is_taken_back(client: redis.Red
 
 def test_cancelled_and_superseded_steps_are_never_admitted(client: redis.Redis) -> None:
     sched = Scheduler(client)
-    state = RunStore.key("r", "state")
+    state = keys.states("r")
     client.hset(state, mapping={"a": "cancelled", "b": "superseded", "c": "queued"})
     sched.offer([Ready("r", s, "post", 1.0) for s in "abc"], now=T0)
     assert [a.step_id for a in sched.admit(["post"], now=T0)] == ["c"]
-    assert client.zcard(Scheduler.ready_key("post")) == 0
+    assert client.zcard(keys.ready("post")) == 0
 
 
 def test_release_sends_only_what_the_lane_admits_and_finishing_admits_the_next(
@@ -211,13 +211,13 @@ def test_release_sends_only_what_the_lane_admits_and_finishing_admits_the_next(
     assert sorted(s for _, s, _ in sender.sent) == sorted(best), "the two roots with most ahead go first"
     waiting = sorted(set(roots) - set(best))
     assert runs.outbox(run_id) == waiting, "sent steps leave the outbox; the others wait in the ready set"
-    assert client.zcard(Scheduler.ready_key("post")) == len(waiting)
+    assert client.zcard(keys.ready("post")) == len(waiting)
     first = sender.sent[0][1]
     runs.begin(run_id, first)
     completion = runs.complete(run_id, first)
     dispatch.step_ended(runs, sender, run_id, first, completion.released, scheduler=sched)
     assert len(sender.sent) == 3, "its slot went to exactly one more step"
-    assert client.zcard(Scheduler.slots_key("post")) == 2
+    assert client.zcard(keys.slots("post")) == 2
 
 
 def test_priority_is_checked_and_kept_on_the_run(client: redis.Redis, sample_path: Path) -> None:
@@ -249,10 +249,10 @@ def test_cancel_takes_the_runs_steps_out_of_the_ready_set(client: redis.Redis, s
     run_id = dispatch.submit(
         runs, sender, plan, backend="local", namespace="n", output=Path("/o"), storyboard="s"
     )
-    assert client.zcard(Scheduler.ready_key("post")) > 0
+    assert client.zcard(keys.ready("post")) > 0
     dispatch.cancel(runs, sender, run_id)
-    assert client.zcard(Scheduler.ready_key("post")) == 0
-    assert client.zcard(Scheduler.slots_key("post")) == 0
+    assert client.zcard(keys.ready("post")) == 0
+    assert client.zcard(keys.slots("post")) == 0
 
 
 def test_a_step_admitted_but_never_sent_is_sent_again(client: redis.Redis, sample_path: Path) -> None:

@@ -17,9 +17,8 @@ from farm.config.settings import Settings
 from farm.episode.validate import load_episode
 from farm.ops.supervisor import Farm, free_port, start_farm, stop_farm
 from farm.planning.plan import build_plan
-from farm.runs import dispatch
+from farm.runs import dispatch, keys
 from farm.runs.progress import snapshot
-from farm.runs.scheduler import Scheduler
 from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
@@ -80,7 +79,7 @@ def test_an_urgent_episode_submitted_later_finishes_first(one_slot_farm: Farm, t
     deadline = time.monotonic() + 300
     while not snapshot(runs, urgent).finished:
         assert time.monotonic() < deadline, "the urgent run did not finish"
-        assert client.zcard(Scheduler.slots_key("post")) <= 1, "never more admitted than the one slot"
+        assert client.zcard(keys.slots("post")) <= 1, "never more admitted than the one slot"
         time.sleep(0.05)
     assert runs.meta(urgent)["status"] == "succeeded"
     assert not snapshot(runs, routine).finished, "the routine run, submitted first, is still going"
