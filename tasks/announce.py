@@ -1,5 +1,5 @@
 """A worker's announcement of its slots to the scheduler, refreshed from a thread until it shuts down; the
-same thread runs the farm's reconcile pass when it is this worker's turn (`tasks.reconcile_turns`).
+same thread runs the farm's reconcile pass when it is this worker's turn (`tasks.reconcile`).
 
 The worker process (the parent, for a prefork pool) announces every queue it drains; a worker that dies
 stops refreshing and its slots drop out of the lane after `ANNOUNCE_TTL_S`.
@@ -15,7 +15,7 @@ from farm.runs.dispatch import send_admitted
 from farm.runs.lanes import announcement
 from farm.runs.scheduler import ANNOUNCE_EVERY_S
 from tasks.context import WorkerContext
-from tasks.reconcile_turns import Reconciler
+from tasks.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,19 @@ sent twice by a race costs nothing.
 It also does what a worker does when it starts (`dispatch.resend_unsent`): offer and send what is still
 in an outbox, here only what a pass a grace period earlier found there too; and, given a way to put a
 message back, it hands a dead worker's running steps to the others (`tasks.orphans`). Workers run it every
-`FARM_RECONCILE_EVERY_S`, one at a time (a lock); `farm reconcile` runs it once.
+`FARM_RECONCILE_EVERY_S` from their announcement thread (`Reconciler`), one at a time (a lock); `farm
+reconcile` runs it once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -34,6 +37,11 @@ from farm.runs.scheduler import SEPARATOR, Scheduler, member
 from farm.runs.state import RunStore
 from tasks.backlog import UNACKED_KEY, priority_lists
 from tasks.orphans import Delivered, delivered_messages, orphaned
+
+if TYPE_CHECKING:
+    from tasks.context import WorkerContext
+
+log = logging.getLogger(__name__)
 
 LIVE_STATES = (StepStatus.QUEUED, StepStatus.RUNNING)
 OUTBOX, ORPHAN = "outbox", "orphan"
@@ -155,3 +163,38 @@ def _put_back(
 def take_turn(client: redis.Redis, holder: str, every_s: float) -> bool:
     """True for one caller per `every_s` across the farm (the others skip this period)."""
     return bool(client.set(keys.RECONCILE_LOCK, holder, nx=True, px=max(1, int(every_s * 1000))))
+
+
+class Reconciler:
+    """Called on every announcement beat; runs a pass when its period is up and no other worker took it."""
+
+    def __init__(self, ctx: WorkerContext, holder: str) -> None:
+        self.ctx, self.holder = ctx, holder
+        self._next = time.monotonic() + ctx.settings.reconcile_every_s
+
+    def beat(self) -> None:
+        every = self.ctx.settings.reconcile_every_s
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + every
+        if not take_turn(self.ctx.runs.r, self.holder, every):
+            return
+        ctx = self.ctx
+        result = reconcile(ctx.runs, ctx.sender, ctx.scheduler, grace_s=every, restore=ctx.sender.restore)
+        if result.from_outbox or result.resent:
+            log.warning(
+                "reconcile: sent %d step(s) left in an outbox and %d whose message was lost",
+                result.from_outbox,
+                result.resent,
+            )
+        elif result.missing:
+            log.info(
+                "reconcile: %d step(s) without a message; sent again next pass if still so", result.missing
+            )
+        if result.restored:
+            log.warning("reconcile: put back %d step(s) a gone worker was running", result.restored)
+        elif result.orphaned:
+            log.info(
+                "reconcile: %d running step(s) on a gone worker; put back next pass if still so",
+                result.orphaned,
+            )

@@ -1,8 +1,10 @@
-"""What the CLI's command groups share: the console, exit codes, and the connection to a running farm."""
+"""What the CLI's command groups share: the console, exit codes, common arguments, loading a storyboard,
+and the connection to a running farm."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import redis
@@ -13,7 +15,10 @@ from farm.config.redis_connection import (
     safe_url as safe_url,  # re-exported: farm.cli.app imports it from here
 )
 from farm.config.settings import Settings
+from farm.episode.problems import InputError
+from farm.episode.validate import Episode, load_episode
 from farm.ops.redis_server import is_up
+from farm.planning.plan import Plan, build_plan
 from farm.runs.state import RunStore
 
 if TYPE_CHECKING:
@@ -28,6 +33,17 @@ PAUSED = 3
 """The run waits for its budget to be raised (`farm budget RUN USD`)."""
 
 RunArg = Annotated[str, typer.Argument(help="Run id (see `farm runs`).", show_default=False)]
+StoryboardArg = Annotated[Path, typer.Argument(help="Storyboard JSON (schema v3).", show_default=False)]
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry", help="LoRA registry JSON [default: lora_registry.json beside the storyboard]."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable contract instead.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Deliverables folder [default: FARM_OUTPUT or ./renders].")
+]
 
 
 def connect(settings: Settings) -> tuple[RunStore, CelerySender]:
@@ -49,3 +65,15 @@ def require_run(runs: RunStore, run_id: str) -> None:
     if not runs.exists(run_id):
         print(f"no run {run_id!r}; `farm runs` lists them", file=sys.stderr)
         raise typer.Exit(INPUT_ERROR)
+
+
+def load_or_exit(storyboard: Path, registry: Path | None, *, to_stdout: bool = False) -> tuple[Episode, Plan]:
+    """Load, check and plan; on bad input print every problem (and nothing else) and exit 2."""
+    try:
+        episode = load_episode(storyboard, registry)
+    except InputError as exc:
+        stream = sys.stdout if to_stdout else sys.stderr
+        for problem in exc.problems:
+            print(problem, file=stream)
+        raise typer.Exit(INPUT_ERROR) from None
+    return episode, build_plan(episode)
