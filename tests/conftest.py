@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
+import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 import redis
 
 from farm.ops.redis_server import RedisServer
-from farm.ops.supervisor import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "lighthouse" / "storyboard_ep_001.json"
@@ -39,6 +43,27 @@ SAMPLE_TOTALS = {
     "concat": 3,
 }
 """Steps per kind the issue specifies for the studio's sample episode (53 in all)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A default farm home of this process's own. Importing `tasks.app` reads the settings and keeps a
+    generated Redis password in the farm's home, which is ~/.local/share/episode-farm unless FARM_HOME or
+    XDG_DATA_HOME says otherwise; so do the commands a test runs without FARM_HOME. Each pytest process
+    (each xdist worker) points XDG_DATA_HOME, inherited by its children, at a folder of its own, so no test
+    writes into the user's home or shares a file there with another worker. Put back at the end."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    own = tempfile.mkdtemp(prefix=f"farm-tests-{worker}-")
+    os.environ["XDG_DATA_HOME"] = own
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop("XDG_DATA_HOME", None)
+        else:
+            os.environ["XDG_DATA_HOME"] = previous
+
+    config.add_cleanup(restore)
+    atexit.register(shutil.rmtree, own, ignore_errors=True)  # xdist workers never unconfigure
 
 
 def load_doc(path: Path) -> Doc:

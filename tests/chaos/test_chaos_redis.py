@@ -20,6 +20,7 @@ from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import supervised, worker_logs
 from tests.integration.test_fal_farm import (
+    SMALL_SHOTS,
     FalFarm,
     assert_one_submit_per_paid_step,
     running_fal_farm,
@@ -46,7 +47,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalFarm]:
 def test_redis_killed_and_restarted_from_its_aof_with_every_message_lost(
     farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
-    path = write_episode(tmp_path, variant(sample_doc, "RDS"), registry_doc)
+    path = write_episode(tmp_path, variant(sample_doc, "RDS", SMALL_SHOTS), registry_doc)
     run_id, plan = farm.submit(path)
     videos = {s.id for s in plan.steps if s.kind.value == "video"}
     deadline = time.monotonic() + 120

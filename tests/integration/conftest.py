@@ -21,7 +21,7 @@ import redis
 from farm.config.redis_text import as_text
 from farm.config.settings import Settings
 from farm.episode.validate import load_episode
-from farm.ops.supervisor import Farm, FlowerAccess, free_port, restart_exited_workers, start_farm, stop_farm
+from farm.ops.supervisor import Farm, FlowerAccess, restart_exited_workers, start_farm, stop_farm
 from farm.planning.plan import Plan, build_plan
 from farm.runs import dispatch
 from farm.runs.progress import snapshot
@@ -30,6 +30,7 @@ from farm.runs.state import RunStore
 from farm.storage.artifacts import namespace_for
 from tasks.app import make_app, signing_of
 from tasks.sender import CelerySender
+from tests.support.ports import free_port
 
 
 @pytest.fixture

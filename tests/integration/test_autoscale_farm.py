@@ -21,13 +21,16 @@ from farm.config.settings import Settings
 from farm.ops.autoscaler import last_decisions
 from farm.ops.metrics import metric_value, serve_metrics
 from farm.ops.scaling_rules import Decision
-from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.ops.supervisor import start_farm, stop_farm
 from farm.ops.worker_pool import LocalWorkers
 from farm.planning.routing import QUEUES
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle
+from tests.support.ports import free_port
 
-SHOTS = 14
+SHOTS = 8
+"""Held shots (a keyframe, its upscale, a push-in each): eight steps ready at once and 25 in all, more than
+the first worker gets through while two more start."""
 MAX_WORKERS = 3
 DOWN_COOLDOWN_S = 4.0
 

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from farm.config.settings import Settings
-from farm.ops.supervisor import flower_credentials, free_port
+from farm.ops.supervisor import flower_credentials
 from tests.conftest import EXAMPLE, Doc
 from tests.integration.conftest import read_until
+from tests.support.ports import free_port
 from workers.media import probe
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,12 +28,13 @@ from emulators.fal_server import FalEmulator, Faults
 from farm.cli.app import app
 from farm.cli.runtime import PAUSED
 from farm.episode.validate import load_episode
-from farm.ops.supervisor import free_port, start_worker
+from farm.ops.supervisor import start_worker
 from farm.planning.plan import Plan, build_plan
 from farm.runs import dispatch
 from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
+from tests.support.ports import free_port
 
 FAKE_FAL_SECRET = "fal-test-key-5bd1c0ffee-do-not-leak"
 TIME_LIMIT_SCALE = 0.02
@@ -90,10 +91,22 @@ def write_episode(folder: Path, storyboard: Doc, registry: Doc) -> Path:
     return path
 
 
-def variant(sample_doc: Doc, project: str) -> Doc:
-    """The sample under another project code: every seed, so every step id, changes."""
+SMALL_SHOTS = (2, 4, 6)
+"""Three shots of the sample: a standard one (keyframes, their upscales, a video), a triptych (a strip split
+into panels, three videos and their cut) and a held still, then the episode cut. Every paid kind (t2i,
+img2img, upscale, video) and the splits, holds and cuts after them, in 18 steps (14 paid) instead of 53:
+what the cases about faults, budgets and kills render. The whole sample goes through fal in
+test_sample_renders_through_fal_with_one_submit_per_paid_step."""
+
+
+def variant(sample_doc: Doc, project: str, shots: Collection[int] | None = None) -> Doc:
+    """The sample under another project code: every seed, so every step id, changes. With `shots`, only those
+    shots of it."""
     doc = copy.deepcopy(sample_doc)
     doc["project"] = project
+    if shots is not None:
+        doc["shots"] = [s for s in doc["shots"] if s["shot"] in shots]
+        assert len(doc["shots"]) == len(shots), f"the sample has no shot among {shots}"
     return doc
 
 
@@ -139,7 +152,7 @@ def test_sample_renders_through_fal_with_one_submit_per_paid_step(
 def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_submits(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
-    path = write_episode(tmp_path, variant(sample_doc, "KIL"), registry_doc)
+    path = write_episode(tmp_path, variant(sample_doc, "KIL", SMALL_SHOTS), registry_doc)
     fal_farm.emulator.latency_scale = 0.05  # videos take ~7 s: long enough to be caught in flight
     try:
         run_id, plan = fal_farm.submit(path)
@@ -167,7 +180,7 @@ def test_sigkill_of_the_cloud_worker_mid_video_still_finishes_without_double_sub
 def test_5xx_and_429_storms_are_retried_boundedly_and_counted(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path
 ) -> None:
-    path = write_episode(tmp_path, variant(sample_doc, "ERR"), registry_doc)
+    path = write_episode(tmp_path, variant(sample_doc, "ERR", SMALL_SHOTS), registry_doc)
     fal_farm.emulator.set_faults(
         Faults(
             submit_5xx_rate=0.2, submit_429_rate=0.1, poll_5xx_rate=0.2, poll_429_rate=0.1, retry_after_s=0.5
@@ -233,7 +246,7 @@ def test_content_policy_refusal_reroutes_the_step_to_the_gpu_queue(
 def test_a_run_over_its_budget_pauses_without_paying_more_and_resumes_when_it_is_raised(
     fal_farm: FalFarm, sample_doc: Doc, registry_doc: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write_episode(tmp_path, variant(sample_doc, "BUD"), registry_doc)
+    path = write_episode(tmp_path, variant(sample_doc, "BUD", SMALL_SHOTS), registry_doc)
     estimate = sum((s.cost_usd for s in build_plan(load_episode(path)).steps), Decimal(0))
     limit = (estimate / 2).quantize(Decimal("0.01"))
     run_id, plan = fal_farm.submit(path, budget_usd=limit)

@@ -21,13 +21,14 @@ from pydantic import SecretStr
 
 from farm.config.settings import Settings
 from farm.episode.validate import check_episode
-from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.ops.supervisor import start_farm, stop_farm
 from farm.planning.plan import Plan, build_plan
 from farm.planning.routing import QUEUES
 from farm.runs import dispatch, review
 from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, read_until
+from tests.support.ports import free_port
 from workers.media import probe
 
 FLOWER_PASSWORD = "flower-test-password"
@@ -340,9 +341,13 @@ def test_a_review_run_renders_no_video_before_its_shot_is_approved(
 ) -> None:
     doc = copy.deepcopy(sample_doc)
     doc["project"] = "REV"  # its own step ids: nothing comes from the store
+    # Three shots whose clips are each held a different way (a video, a held still, a push-in): a first and
+    # a second to approve and a third still waiting, without rendering the whole sample a second time.
+    doc["shots"] = [s for s in doc["shots"] if s["shot"] in (2, 6, 10)]
     (tmp_path / "lora_registry.json").write_text(json.dumps(registry_doc))
     (tmp_path / "storyboard.json").write_text(json.dumps(doc))
-    submitted = farm_cli(farm, "submit", str(tmp_path / "storyboard.json"), "--review", "--watch")
+    storyboard, out = str(tmp_path / "storyboard.json"), str(tmp_path / "out")
+    submitted = farm_cli(farm, "submit", storyboard, "--review", "--watch", "--out", out)
     assert submitted.returncode == 0, submitted.stderr
     run_id = submitted.stdout.splitlines()[0]
     assert farm.runs.meta(run_id)["status"] == "review", "watching stops when the run waits for review"

@@ -27,11 +27,12 @@ from emulators.runpod_server import RunpodEmulator, RunpodFaults
 from emulators.ssh_pod import SSHPod
 from farm.cli.pods import PodReaper
 from farm.config.settings import Settings
-from farm.ops.supervisor import free_port, start_worker
+from farm.ops.supervisor import start_worker
 from farm.planning.plan import Plan
 from farm.runs.progress import snapshot
 from tests.conftest import Doc
 from tests.integration.conftest import FarmHandle, assert_secret_appears_nowhere, running_farm, worker_logs
+from tests.support.ports import free_port
 from workers.backends import BackendServices, build_gpu_pool
 from workers.comfyui.backend import prompt_id_for
 from workers.comfyui.on_pod import START_SCRIPT, ComfyOnPod, CustomNode

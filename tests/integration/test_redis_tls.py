@@ -31,9 +31,10 @@ from pydantic import SecretStr
 from farm.config.redis_connection import redis_url
 from farm.config.settings import Settings
 from farm.ops.redis_server import RedisUnavailable, wait_for_redis
-from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.ops.supervisor import start_farm, stop_farm
 from tests.conftest import ROOT, Doc
 from tests.integration.conftest import FarmHandle
+from tests.support.ports import free_port
 
 PASSWORD = "tls-test-password"
 

@@ -14,7 +14,7 @@ import redis
 
 from farm.config.settings import Settings
 from farm.episode.validate import load_episode
-from farm.ops.supervisor import free_port, start_farm, stop_farm
+from farm.ops.supervisor import start_farm, stop_farm
 from farm.planning.plan import build_plan
 from farm.runs import dispatch
 from farm.runs.progress import snapshot
@@ -22,6 +22,7 @@ from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
 from tests.conftest import MOTO_BUCKET, Doc
+from tests.support.ports import free_port
 
 
 def test_a_run_stores_every_output_in_s3(

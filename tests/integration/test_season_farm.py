@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,14 +16,30 @@ import redis
 
 from farm.config.settings import Settings
 from farm.episode.validate import load_episode
-from farm.ops.supervisor import Farm, free_port, start_farm, stop_farm
+from farm.ops.supervisor import Farm, start_farm, stop_farm
 from farm.planning.plan import build_plan
 from farm.runs import dispatch, keys
 from farm.runs.progress import snapshot
 from farm.runs.state import RunStore
 from tasks.app import make_app
 from tasks.sender import CelerySender
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, load_doc
+from tests.support.ports import free_port
+
+SHOTS = (1, 6, 7)
+"""Three shots of the bundled example, a clip of each kind (a push-in, a video, a held still): 12 steps for
+each run to take one at a time instead of the example's 36. Two episodes of any length show the order."""
+
+
+def small_example(folder: Path) -> Path:
+    """The bundled example cut to SHOTS, beside its registry."""
+    doc = load_doc(EXAMPLE)
+    doc["shots"] = [s for s in doc["shots"] if s["shot"] in SHOTS]
+    folder.mkdir()
+    (folder / "lora_registry.json").write_text(EXAMPLE.with_name("lora_registry.json").read_text())
+    path = folder / EXAMPLE.name
+    path.write_text(json.dumps(doc))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +65,8 @@ def farm_cli(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
 def test_an_urgent_episode_submitted_later_finishes_first(one_slot_farm: Farm, tmp_path: Path) -> None:
     client = redis.Redis.from_url(one_slot_farm.broker_url)
     runs, sender = RunStore(client), CelerySender(make_app(one_slot_farm.broker_url))
-    plan = build_plan(load_episode(EXAMPLE))
+    storyboard = small_example(tmp_path / "episode")
+    plan = build_plan(load_episode(storyboard))
 
     def submit(namespace: str, priority: int) -> str:
         # Separate namespaces: nothing of one run is reused by the other, both render every step.
@@ -59,7 +77,7 @@ def test_an_urgent_episode_submitted_later_finishes_first(one_slot_farm: Farm, t
             backend="local",
             namespace=namespace,
             output=tmp_path / namespace,
-            storyboard=str(EXAMPLE),
+            storyboard=str(storyboard),
             priority=priority,
         )
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from emulators.comfyui_server import ComfyFaults, ComfyUIEmulator
-from farm.ops.supervisor import free_port
+from tests.support.ports import free_port
 from tests.unit.emulators.test_comfyui_emulator import t2i_graph, wait_entry
 from workers.comfyui.progress import ProgressWatcher, StepProgress, client_id_for
 
