@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from farm.config.redis_connection import (
-    safe_url as safe_url,  # re-exported: farm.cli.app imports it from here
+    safe_url as safe_url,  # re-exported: farm.cli.farm_up imports it from here
 )
 from farm.config.settings import Settings
 from farm.episode.problems import InputError

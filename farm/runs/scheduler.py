@@ -33,8 +33,7 @@ import redis
 
 from farm.config.redis_text import as_text
 from farm.planning.routing import QUEUES
-from farm.runs import keys
-from farm.runs import scripts as pipelines
+from farm.runs import keys, scripts
 
 log = logging.getLogger(__name__)
 Order = Literal["critical_path", "fifo"]
@@ -146,8 +145,8 @@ class Scheduler:
         second (they change every few seconds), which saves a round trip on most dependency hops."""
         self.r = client
         self.queues = tuple(queues)
-        self._admit = pipelines.load(client, "admit")
-        self._unhold = pipelines.load(client, "unhold")
+        self._admit = scripts.load(client, "admit")
+        self._unhold = scripts.load(client, "unhold")
         self._lanes_ttl_s = lanes_ttl_s
         self._lanes_cache: dict[str, tuple[float, Lane]] = {}
 
@@ -221,7 +220,7 @@ class Scheduler:
         finished: tuple[str, str] | None = None,
         queues: Iterable[str] = (),
         now: float | None = None,
-        along: pipelines.Build | None = None,
+        along: scripts.Build | None = None,
     ) -> list[Admitted]:
         """In one round trip (two when the lanes must be read): give back the slot of the `finished` step,
         offer `entries` (a step already waiting keeps its rank) and admit on every lane that may have room
@@ -239,9 +238,9 @@ class Scheduler:
             for queue in order:
                 limit = lanes[queue].limit
                 touched = [keys.ready(queue), keys.slots(queue), keys.held(queue)]
-                pipelines.call(pipe, self._admit, touched, [-1 if limit is None else limit, moment, ended])
+                scripts.call(pipe, self._admit, touched, [-1 if limit is None else limit, moment, ended])
 
-        replies = pipelines.run(self.r, build, [self._admit])
+        replies = scripts.run(self.r, build, [self._admit])
         replies = replies[len(replies) - len(order) :]  # the admissions come last
         admitted: list[Admitted] = []
         over_budget: Counter[str] = Counter()

@@ -22,8 +22,7 @@ import redis
 from farm.config.redis_text import as_text, as_texts
 from farm.planning.estimate import remaining_path_s
 from farm.planning.plan import Plan, Step
-from farm.runs import keys
-from farm.runs import scripts as pipelines
+from farm.runs import keys, scripts
 from farm.runs.keys import RunStatus, StepStatus
 
 SETTLED = (StepStatus.DONE, StepStatus.CACHED)
@@ -116,13 +115,13 @@ class RunStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
-        self._begin = pipelines.load(client, "begin")
-        self._complete = pipelines.load(client, "finish", "complete")
-        self._fail = pipelines.load(client, "finish", "fail")
-        self._cancel = pipelines.load(client, "finish", "cancel")
-        self._requeue = pipelines.load(client, "requeue")
-        self._approve = pipelines.load(client, "finish", "approve")
-        self._extend = pipelines.load(client, "finish", "extend")
+        self._begin = scripts.load(client, "begin")
+        self._complete = scripts.load(client, "finish", "complete")
+        self._fail = scripts.load(client, "finish", "fail")
+        self._cancel = scripts.load(client, "finish", "cancel")
+        self._requeue = scripts.load(client, "requeue")
+        self._approve = scripts.load(client, "finish", "approve")
+        self._extend = scripts.load(client, "finish", "extend")
 
     # creation ------------------------------------------------------------------------------------
     def create(
@@ -185,11 +184,11 @@ class RunStore:
         touched = [keys.states(run_id), keys.deliveries(run_id)]
 
         def build(pipe: Any) -> None:
-            pipelines.call(pipe, self._begin, touched, [step_id])
+            scripts.call(pipe, self._begin, touched, [step_id])
             self._queue_run_reads(pipe, run_id)
             pipe.hmget(keys.steps(run_id), [step_id])
 
-        started, meta, overrides, raw = pipelines.run(self.r, build, [self._begin])
+        started, meta, overrides, raw = scripts.run(self.r, build, [self._begin])
         steps = {step_id: Step.model_validate_json(raw[0])} if raw[0] is not None else {}
         return Claim(int(started), ReleaseReads(as_texts(meta), as_texts(overrides), {}, steps))
 
@@ -212,10 +211,10 @@ class RunStore:
         def build(pipe: Any) -> None:  # twice only if Redis forgot the script: writes the same info again
             if info:
                 pipe.hset(keys.info(run_id), mapping=_info_fields(step_id, info))
-            pipelines.call(pipe, self._complete, touched, args)
+            scripts.call(pipe, self._complete, touched, args)
             self._queue_run_reads(pipe, run_id)
 
-        *_, reply, meta, overrides = pipelines.run(self.r, build, [self._complete])
+        *_, reply, meta, overrides = scripts.run(self.r, build, [self._complete])
         head = as_text(reply[0])
         if head == "-":
             return Completion([], "", duplicate=True)

@@ -58,9 +58,9 @@ def install() -> None:
 
 
 def _wrap(flag: Path, store: Path) -> None:
-    from farm.storage import stores as storage
+    from farm.storage import stores
 
-    write_atomically, copyfileobj = storage._write_atomically, shutil.copyfileobj
+    write_atomically, copyfileobj = stores._write_atomically, shutil.copyfileobj
     full = threading.local()
 
     def write(final: Path, source: Path) -> None:
@@ -81,5 +81,5 @@ def _wrap(flag: Path, store: Path) -> None:
             log.write(f"{target}\n")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    storage._write_atomically = write
+    stores._write_atomically = write
     shutil.copyfileobj = copy  # only the store's writes, while full, behave differently
